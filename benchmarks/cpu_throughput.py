@@ -1,0 +1,99 @@
+"""Output tokens per second of the native engine vs Hugging Face `generate` (static batch), and
+vLLM when it is installed, on the same model, dtype and workload, measured in one process.
+
+    python benchmarks/cpu_throughput.py                 # 32 prompts x 128 tokens, ignore EOS
+    python benchmarks/cpu_throughput.py --dtype bfloat16 --n 32 --max-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import torch
+
+import llmlab
+from llmlab.engines.native.engine import default_cpu_dtype
+from llmlab.models import ensure_embedded, load_tokenizer
+from llmlab.workloads import prompt_token_ids
+
+
+def workload(n: int, max_tokens: int, seed: int = 0):
+    return llmlab.workloads.synthetic(n, prompt_len=(64, 192), output_len=max_tokens, seed=seed, ignore_eos=True)
+
+
+def bench_native(wl, dtype: str) -> float:
+    eng = llmlab.launch("native", device="cpu", dtype=dtype, max_num_seqs=len(wl), max_num_batched_tokens=2048)
+    eng.run(workload(4, 8, seed=1))  # warm up
+    t = time.perf_counter()
+    run = eng.run(wl)
+    elapsed = time.perf_counter() - t
+    tokens = int(run.requests.output_tokens.sum())
+    eng.close()
+    return tokens / elapsed
+
+
+def bench_transformers(wl, dtype: str) -> float:
+    from transformers import AutoModelForCausalLM
+
+    path = ensure_embedded(progress=False)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    prompts = [prompt_token_ids(item, tok) for item in wl]
+    width = max(len(p) for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    n_new = wl[0].max_tokens
+    with torch.inference_mode():
+        model.generate(ids[:2, -8:], attention_mask=mask[:2, -8:], max_new_tokens=4, do_sample=False)  # warm up
+        t = time.perf_counter()
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=pad
+        )
+        elapsed = time.perf_counter() - t
+    return (out.shape[1] - width) * len(prompts) / elapsed
+
+
+def bench_vllm(wl, dtype: str) -> float:
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    path = ensure_embedded(progress=False)
+    tok = load_tokenizer(path)
+    llm = LLM(model=str(path), dtype=dtype, max_model_len=1024, seed=0)
+    prompts = [{"prompt_token_ids": prompt_token_ids(item, tok)} for item in wl]
+    params = SamplingParams(max_tokens=wl[0].max_tokens, ignore_eos=True, temperature=0.0)
+    llm.generate(prompts[:2], params)
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    elapsed = time.perf_counter() - t
+    return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: what the native engine picks here)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = args.dtype or str(default_cpu_dtype()).removeprefix("torch.")
+    wl = workload(args.n, args.max_tokens)
+    print(f"{args.n} prompts x {args.max_tokens} tokens, {dtype}, {args.threads} threads")
+    results = {"transformers": bench_transformers(wl, dtype), "native": bench_native(wl, dtype)}
+    if importlib.util.find_spec("vllm") is not None:
+        results["vllm"] = bench_vllm(wl, dtype)
+    base = results["transformers"]
+    for name, tps in results.items():
+        print(f"{name:>13}: {tps:8.1f} output tok/s   {tps / base:5.2f}x transformers")
+    if "vllm" in results:
+        print(f"native / vllm: {results['native'] / results['vllm']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

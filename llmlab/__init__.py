@@ -1,0 +1,17 @@
+"""llmlab: launch LLM inference engines in a notebook, watch every scheduler step, compare choices."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from llmlab import workloads  # noqa: E402
+from llmlab.engines import launch  # noqa: E402
+from llmlab.run import Run  # noqa: E402
+
+
+def load(path) -> Run:
+    """Read a run saved with `run.save(path)` (.jsonl or .parquet); its DataFrames and views work as before."""
+    return Run.load(path)
+
+
+__all__ = ["Run", "__version__", "launch", "load", "workloads"]

@@ -1,0 +1,1 @@
+"""The scheduling core: requests, the paged KV block manager and the scheduler. No torch."""

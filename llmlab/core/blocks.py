@@ -1,0 +1,182 @@
+"""The paged KV block pool: reference counts, prefix caching by hash chains, LRU eviction.
+
+A block holds `block_size` tokens of K/V. A full block gets a hash chained from its parent's
+hash and its own tokens, so two requests with the same prefix find the same blocks. Blocks
+whose last owner finished stay "cached" at the free end of the pool until they are evicted
+in least-recently-used order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from llmlab.core.records import KVSnapshot
+from llmlab.core.request import Request
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+
+
+def chain_hashes(token_ids: list[int], block_size: int, start: list[int] | None = None) -> list[int]:
+    """Hashes of every full block of `token_ids`, each chained from the one before it."""
+    hashes = list(start or [])
+    parent = hashes[-1] if hashes else 0
+    for i in range(len(hashes) * block_size, len(token_ids) - block_size + 1, block_size):
+        parent = hash((parent, *token_ids[i : i + block_size]))
+        hashes.append(parent)
+    return hashes
+
+
+class BlockManager:
+    """Owns the pool of KV blocks and every request's block table."""
+
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, watermark: float = 0.01
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size={block_size}: must be a positive number of tokens per block, e.g. 16")
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks={num_blocks}: the KV pool needs at least one block")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.watermark_blocks = int(watermark * num_blocks)
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.num_cached_free = 0
+        self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
+
+    # counts ------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - len(self.free_queue)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # prefix cache ------------------------------------------------------------------------
+    def match_prefix(self, req: Request) -> list[int]:
+        """Cached blocks holding the longest prefix of `req`; at least one token is left to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        hashes = self._request_hashes(req)
+        limit = (req.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        for h in hashes[:limit]:
+            block_id = self.cached.get(h)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def _request_hashes(self, req: Request) -> list[int]:
+        known = self._hashes.get(req.req_id)
+        if known is None or len(known) < req.num_tokens // self.block_size:
+            known = chain_hashes(req.all_token_ids, self.block_size, known)
+            self._hashes[req.req_id] = known
+        return known
+
+    def commit(self, req: Request) -> None:
+        """Register the hashes of `req`'s blocks that are now full of computed tokens."""
+        if not self.enable_prefix_caching:
+            return
+        full = min(req.num_computed_tokens // self.block_size, len(req.block_ids))
+        hashes = self._request_hashes(req)
+        for i in range(full):
+            block = self.blocks[req.block_ids[i]]
+            if block.hash is None and hashes[i] not in self.cached:
+                block.hash = hashes[i]
+                self.cached[hashes[i]] = block.block_id
+
+    # allocation --------------------------------------------------------------------------
+    def can_allocate(
+        self, req: Request, total_tokens: int, prefix_blocks: list[int] = (), watermark: bool = False
+    ) -> bool:
+        """Whether `req` can grow to hold `total_tokens` tokens (reusing `prefix_blocks` if new)."""
+        need = self.blocks_for(total_tokens) - len(req.block_ids) - len(prefix_blocks)
+        reclaimed = sum(1 for b in prefix_blocks if self.blocks[b].ref_count == 0)
+        available = len(self.free_queue) - reclaimed
+        reserve = self.watermark_blocks if watermark else 0
+        return need <= available - reserve
+
+    def allocate(self, req: Request, total_tokens: int, prefix_blocks: list[int] = (), watermark: bool = False) -> bool:
+        """Grow `req`'s block table to hold `total_tokens` tokens; False (and no change) if the pool can't."""
+        if not self.can_allocate(req, total_tokens, prefix_blocks, watermark):
+            return False
+        for b in prefix_blocks:
+            self._take(b)
+            req.block_ids.append(b)
+        for _ in range(self.blocks_for(total_tokens) - len(req.block_ids)):
+            block_id, _ = self.free_queue.popitem(last=False)
+            block = self.blocks[block_id]
+            if block.hash is not None:  # evict the least recently used cached prefix
+                self.num_cached_free -= 1
+                if self.cached.get(block.hash) == block_id:
+                    del self.cached[block.hash]
+                block.hash = None
+            block.ref_count = 1
+            req.block_ids.append(block_id)
+        return True
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_queue[block_id]
+            if block.hash is not None:
+                self.num_cached_free -= 1
+        block.ref_count += 1
+
+    def free(self, req: Request) -> None:
+        """Release `req`'s blocks; its tail goes to the eviction end first, so shared prefixes live longer."""
+        for block_id in reversed(req.block_ids):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_queue[block_id] = None
+                if block.hash is not None:
+                    self.num_cached_free += 1
+        req.block_ids = []
+
+    def reset_cache(self) -> int:
+        """Forget every cached prefix (blocks in use keep their contents); returns how many were dropped."""
+        dropped = 0
+        for block in self.blocks:
+            if block.hash is not None and block.ref_count == 0:
+                block.hash = None
+                dropped += 1
+        self.cached = {h: b for h, b in self.cached.items() if self.blocks[b].hash == h}
+        self.num_cached_free = 0
+        return dropped
+
+    def forget(self, req: Request) -> None:
+        """Drop per-request bookkeeping once `req` has finished."""
+        self._hashes.pop(req.req_id, None)
+
+    # views -------------------------------------------------------------------------------
+    def snapshot(self, running: list[Request], owners: bool = True) -> KVSnapshot:
+        """The pool as the trace sees it; `owners` maps each used block to its requests."""
+        table: dict[int, list[str]] | None = None
+        if owners:
+            table = {}
+            for req in running:
+                for b in req.block_ids:
+                    table.setdefault(b, []).append(req.req_id)
+        return KVSnapshot(
+            block_size=self.block_size,
+            num_blocks=self.num_blocks,
+            used=self.num_used,
+            cached=self.num_cached_free,
+            free=self.num_free - self.num_cached_free,
+            owners=table,
+        )

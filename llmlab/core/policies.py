@@ -1,0 +1,106 @@
+"""Batching policies: each picks one step's batch from the scheduler's queues.
+
+- `chunked`: vLLM V1 style. One token budget; running requests first in admission order
+  (decodes and unfinished prefill chunks alike), then new requests FCFS, prompts chunked.
+- `prefill_first`: classic separate steps. A step either prefills new prompts or decodes
+  every running request, never both; prefills win when they can be admitted.
+- `splitfuse`: DeepSpeed-MII Dynamic SplitFuse. Decodes fill the budget first, then prompt
+  chunks fill exactly what is left, always chunked.
+- `static`: request-level batching. A batch is admitted together and runs until all its
+  members finish; nobody joins a batch once it has started decoding.
+"""
+
+from __future__ import annotations
+
+from llmlab.core.scheduler import Batch, Scheduler
+
+
+class Policy:
+    name = ""
+    always_chunk = False  # chunk prompts even when enable_chunked_prefill is off
+
+    def schedule(self, s: Scheduler) -> Batch:
+        raise NotImplementedError
+
+    @staticmethod
+    def run_running(s: Scheduler, batch: Batch, budget: int, which=lambda r: True) -> int:
+        """Give running requests (those `which` accepts) their next tokens within `budget`."""
+        for req in list(s.running):
+            if budget <= 0:
+                break
+            if req not in s.running or not which(req):
+                continue
+            n = min(req.num_remaining, budget)
+            if n < req.num_remaining and not (s.config.enable_chunked_prefill or s.policy.always_chunk):
+                continue
+            if s.try_grow(batch, req, n):
+                budget -= n
+        return budget
+
+    @staticmethod
+    def admit_waiting(s: Scheduler, batch: Batch, budget: int, chunk: bool) -> int:
+        """Admit waiting requests FCFS while the budget, `max_num_seqs` and the pool allow."""
+        while s.waiting and budget > 0 and len(s.running) < s.config.max_num_seqs:
+            n = s.try_admit(batch, budget, chunk)
+            if n == 0:
+                break
+            budget -= n
+        return budget
+
+
+class Chunked(Policy):
+    name = "chunked"
+
+    def schedule(self, s: Scheduler) -> Batch:
+        batch = Batch()
+        budget = self.run_running(s, batch, s.config.max_num_batched_tokens)
+        if not batch.preempted:
+            self.admit_waiting(s, batch, budget, s.config.enable_chunked_prefill)
+        return batch
+
+
+class PrefillFirst(Policy):
+    name = "prefill_first"
+
+    def schedule(self, s: Scheduler) -> Batch:
+        budget = s.config.max_num_batched_tokens
+        batch = Batch()
+        left = self.run_running(s, batch, budget, which=lambda r: r.in_prefill)
+        if not batch.preempted:
+            self.admit_waiting(s, batch, left, s.config.enable_chunked_prefill)
+        if batch.items:
+            return batch
+        self.run_running(s, batch, budget)
+        return batch
+
+
+class SplitFuse(Policy):
+    name = "splitfuse"
+    always_chunk = True
+
+    def schedule(self, s: Scheduler) -> Batch:
+        batch = Batch()
+        budget = self.run_running(s, batch, s.config.max_num_batched_tokens, which=lambda r: not r.in_prefill)
+        budget = self.run_running(s, batch, budget, which=lambda r: r.in_prefill)
+        if not batch.preempted:
+            self.admit_waiting(s, batch, budget, chunk=True)
+        return batch
+
+
+class Static(Policy):
+    """Whole prompts are prefilled together in one step, as Hugging Face `generate` does, so the
+    token budget does not apply; `max_num_seqs` and the KV pool still bound the batch."""
+
+    name = "static"
+
+    def schedule(self, s: Scheduler) -> Batch:
+        batch = Batch()
+        unlimited = 1 << 62
+        if not s.running:
+            self.admit_waiting(s, batch, unlimited, chunk=False)
+        else:
+            self.run_running(s, batch, unlimited)
+        return batch
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Chunked, PrefillFirst, SplitFuse, Static)}

@@ -1,0 +1,148 @@
+"""The trace vocabulary every engine speaks: plain, JSON-serialisable dataclasses.
+
+Engines emit one `StepRecord` per scheduler iteration and one `RequestRecord` per request;
+`llmlab.trace.Trace` collects them. Nothing here holds a tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["prefill", "decode"]
+Source = Literal["exact", "derived"]
+
+
+@dataclass
+class Slot:
+    """One request's share of a step: a prefill chunk or one decode token."""
+
+    req_id: str
+    phase: Phase
+    num_tokens: int
+    context_len: int  # tokens in this request's KV cache after the step
+
+
+@dataclass
+class KVSnapshot:
+    """The KV block pool after a step. `cached` counts free blocks that still hold a prefix."""
+
+    block_size: int
+    num_blocks: int
+    used: int
+    cached: int
+    free: int
+    owners: dict[int, list[str]] | None = None  # block id -> request ids; None when not captured
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KVSnapshot:
+        owners = d.get("owners")
+        if owners is not None:
+            owners = {int(k): list(v) for k, v in owners.items()}
+        return cls(**{**d, "owners": owners})
+
+
+@dataclass
+class StepRecord:
+    """One scheduler iteration: who ran, how many tokens, who waited, and the KV pool after."""
+
+    step: int
+    t_start: float
+    t_end: float
+    batch: list[Slot]
+    waiting: int
+    running: int
+    admitted: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    kv: KVSnapshot | None = None
+    prefix_hit_tokens: int = 0
+    source: Source = "exact"
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.batch if s.phase == "prefill")
+
+    @property
+    def decode_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.batch if s.phase == "decode")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepRecord:
+        kv = d.get("kv")
+        return cls(
+            **{
+                **d,
+                "batch": [Slot(**s) for s in d.get("batch", [])],
+                "kv": KVSnapshot.from_dict(kv) if kv is not None else None,
+            }
+        )
+
+
+@dataclass
+class RequestRecord:
+    """One request's life, in seconds since the run started."""
+
+    req_id: str
+    arrival: float
+    prompt_tokens: int
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finish: float | None = None
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    num_preemptions: int = 0
+    finish_reason: str | None = None
+    token_times: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        return cls(**d)
+
+
+@dataclass
+class EngineInfo:
+    """What ran: engine, model, devices, dtypes, the effective config, and which views are exact."""
+
+    engine: str
+    version: str
+    model: str
+    device: str
+    dtype: str
+    config: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Source] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngineInfo:
+        return cls(**d)
+
+
+@dataclass
+class Completion:
+    """A finished request's output: its text and token ids."""
+
+    req_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_token_ids: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Completion:
+        return cls(**d)

@@ -1,0 +1,119 @@
+"""A request's state machine: waiting -> running -> (preempted -> waiting ->) finished."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class SamplingParams:
+    """How to pick and when to stop generating tokens for one request."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad value and the fix."""
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens={self.max_tokens}: must be a positive number of tokens, e.g. max_tokens=32")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 means greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]; use 1.0 to turn it off")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}: must be >= 0; use 0 to turn it off")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Request:
+    """One sequence: its tokens, how many are in the KV cache, and the blocks holding them."""
+
+    def __init__(
+        self,
+        req_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        arrival: float = 0.0,
+        eos_token_ids: tuple[int, ...] = (),
+    ) -> None:
+        self.req_id = req_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.params = params or SamplingParams()
+        self.arrival = arrival
+        self.eos_token_ids = eos_token_ids
+        self.status = Status.WAITING
+        self.output_token_ids: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.block_ids: list[int] = []  # the block table
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
+        self.num_preemptions = 0
+        self.finish_reason: str | None = None
+
+    # token bookkeeping -------------------------------------------------------------------
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_remaining(self) -> int:
+        """Tokens still to run through the model before the next token can be sampled."""
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while the prompt (or, after preemption, prompt plus outputs) is being recomputed."""
+        return self.num_remaining > 1 or self.num_computed_tokens < self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def max_total_tokens(self) -> int:
+        """The most tokens this request can ever hold in the KV cache."""
+        return self.num_prompt_tokens + self.params.max_tokens
+
+    def append_token(self, token_id: int) -> str | None:
+        """Add a sampled token; return a finish reason when a stop condition is met."""
+        self.output_token_ids.append(token_id)
+        p = self.params
+        if not p.ignore_eos and token_id in self.eos_token_ids:
+            return "stop"
+        if token_id in p.stop_token_ids:
+            return "stop"
+        if self.num_output_tokens >= p.max_tokens:
+            return "length"
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"Request({self.req_id!r}, {self.status.value}, prompt={self.num_prompt_tokens}, "
+            f"out={self.num_output_tokens}, computed={self.num_computed_tokens}, blocks={len(self.block_ids)})"
+        )

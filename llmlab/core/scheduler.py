@@ -1,0 +1,221 @@
+"""The scheduler: which requests run this step, how many tokens each, and who is preempted.
+
+It owns the waiting and running queues and the `BlockManager`; a `Policy` (see policies.py)
+decides the batch. `schedule()` picks a batch, the executor computes it, and `update()`
+advances every request by what was computed and sampled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from llmlab.core.blocks import BlockManager
+from llmlab.core.records import Phase, Slot
+from llmlab.core.request import Request, Status
+
+
+@dataclass
+class SchedulerConfig:
+    """The knobs of batching. Names match `llmlab.launch` and the other engines."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    policy: str = "chunked"
+    max_model_len: int = 2048
+    watermark: float = 0.01
+
+    def validate(self) -> None:
+        from llmlab.core.policies import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy={self.policy!r} is unknown: choose one of {sorted(POLICIES)}")
+        if self.max_num_seqs <= 0:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
+        if self.max_num_batched_tokens <= 0:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens}: must be >= 1, e.g. 512")
+        if self.max_model_len <= 1:
+            raise ValueError(f"max_model_len={self.max_model_len}: must be > 1")
+        chunking = self.enable_chunked_prefill or self.policy in ("splitfuse", "static")
+        if not chunking and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens={self.max_num_batched_tokens} is below max_model_len={self.max_model_len} "
+                "with chunked prefill off, so a long prompt could never be scheduled: raise the token budget, "
+                "lower max_model_len, or set enable_chunked_prefill=True"
+            )
+
+
+@dataclass
+class ScheduledRequest:
+    """One request's part in a step: `num_tokens` from position `start`, and whether it samples."""
+
+    request: Request
+    start: int
+    num_tokens: int
+    phase: Phase
+
+    @property
+    def samples(self) -> bool:
+        return self.start + self.num_tokens == self.request.num_tokens
+
+
+@dataclass
+class Batch:
+    """What one step computes, plus the queue changes scheduling made."""
+
+    items: list[ScheduledRequest] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    prefix_hit_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(i.num_tokens for i in self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def slots(self) -> list[Slot]:
+        return [Slot(i.request.req_id, i.phase, i.num_tokens, i.start + i.num_tokens) for i in self.items]
+
+
+class Scheduler:
+    """Queues plus the block pool, driven one step at a time by a batching policy."""
+
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+        from llmlab.core.policies import POLICIES
+
+        config.validate()
+        self.config = config
+        self.blocks = blocks
+        self.policy = POLICIES[config.policy]()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    # queue management --------------------------------------------------------------------
+    def check(self, req: Request) -> None:
+        """Raise ValueError when `req` could never run on this engine, naming the fix."""
+        limit = self.config.max_model_len
+        if req.num_prompt_tokens == 0:
+            raise ValueError(f"request {req.req_id!r} has an empty prompt: give at least one token")
+        if req.num_prompt_tokens >= limit:
+            raise ValueError(
+                f"request {req.req_id!r}: prompt of {req.num_prompt_tokens} tokens does not fit the context of "
+                f"{limit} tokens (max_model_len): shorten the prompt or launch with a larger max_model_len"
+            )
+        need = self.blocks.blocks_for(min(req.max_total_tokens(), limit))
+        if need > self.blocks.num_blocks:
+            raise ValueError(
+                f"request {req.req_id!r} needs {need} KV blocks ({req.num_prompt_tokens} prompt + "
+                f"{req.params.max_tokens} max_tokens at block_size={self.blocks.block_size}) but the pool has only "
+                f"num_blocks={self.blocks.num_blocks}: lower max_tokens or launch with num_blocks >= {need}"
+            )
+
+    def add(self, req: Request) -> None:
+        self.check(req)
+        req.status = Status.WAITING
+        self.waiting.append(req)
+
+    def abort(self, req_id: str) -> Request | None:
+        """Remove a request wherever it is; returns it, or None if unknown."""
+        for req in list(self.waiting):
+            if req.req_id == req_id:
+                self.waiting.remove(req)
+                return self._finish(req, "abort")
+        for req in self.running:
+            if req.req_id == req_id:
+                return self._finish(req, "abort")
+        return None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # the step ----------------------------------------------------------------------------
+    def schedule(self) -> Batch:
+        return self.policy.schedule(self)
+
+    def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
+        """Advance requests by the computed tokens, append sampled ones; return those that finished."""
+        finished = []
+        limit = self.config.max_model_len
+        for item in batch.items:
+            req = item.request
+            if req.is_finished:  # aborted while the step ran
+                continue
+            req.num_computed_tokens = item.start + item.num_tokens
+            self.blocks.commit(req)
+            if item.samples and req.req_id in sampled:
+                reason = req.append_token(sampled[req.req_id])
+                if reason is None and req.num_tokens >= limit:
+                    reason = "length"
+                if reason is not None:
+                    finished.append(self._finish(req, reason))
+        return finished
+
+    def finish(self, req: Request, reason: str) -> Request:
+        """End a running request early (for example on a stop string)."""
+        return self._finish(req, reason)
+
+    def _finish(self, req: Request, reason: str) -> Request:
+        if req in self.running:
+            self.running.remove(req)
+        req.status = Status.FINISHED
+        req.finish_reason = reason
+        self.blocks.free(req)
+        self.blocks.forget(req)
+        return req
+
+    # helpers the policies share ---------------------------------------------------------
+    def try_grow(self, batch: Batch, req: Request, num_tokens: int) -> bool:
+        """Schedule `num_tokens` more for a running request, preempting from the back if the pool is full."""
+        while not self.blocks.allocate(req, req.num_computed_tokens + num_tokens):
+            victim = self.running[-1]
+            self.preempt(victim)
+            batch.preempted.append(victim.req_id)
+            batch.items = [i for i in batch.items if i.request is not victim]
+            if victim is req:
+                return False
+        batch.items.append(ScheduledRequest(req, req.num_computed_tokens, num_tokens, phase_of(req, num_tokens)))
+        return True
+
+    def try_admit(self, batch: Batch, budget: int, chunk: bool) -> int:
+        """Admit the first waiting request if the pool and the budget allow; return tokens scheduled."""
+        req = self.waiting[0]
+        hits = self.blocks.match_prefix(req)
+        hit_tokens = len(hits) * self.blocks.block_size
+        num_tokens = req.num_tokens - hit_tokens
+        if num_tokens > budget:
+            if not chunk:
+                return 0
+            num_tokens = budget
+        watermark = bool(self.running)
+        if not self.blocks.allocate(req, hit_tokens + num_tokens, hits, watermark=watermark):
+            return 0
+        self.waiting.popleft()
+        if req.num_preemptions == 0:
+            req.num_cached_tokens = hit_tokens
+        req.num_computed_tokens = hit_tokens
+        req.status = Status.RUNNING
+        self.running.append(req)
+        batch.admitted.append(req.req_id)
+        batch.prefix_hit_tokens += hit_tokens
+        batch.items.append(ScheduledRequest(req, hit_tokens, num_tokens, phase_of(req, num_tokens)))
+        return num_tokens
+
+    def preempt(self, req: Request) -> None:
+        """Preempt by recompute: drop the request's KV and put it back at the head of the queue."""
+        self.running.remove(req)
+        self.blocks.free(req)
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = Status.WAITING
+        self.waiting.appendleft(req)
+
+
+def phase_of(req: Request, num_tokens: int) -> Phase:
+    """A step that computes just the last sampled token is a decode; anything else is prefill."""
+    if num_tokens == 1 and req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1:
+        return "decode"
+    return "prefill"

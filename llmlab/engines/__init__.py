@@ -1,0 +1,28 @@
+"""Engines: each turns a workload into the same trace. `launch` picks one by name."""
+
+from __future__ import annotations
+
+from llmlab.engines.base import Engine, EngineStep
+
+ENGINES = {"native": "llmlab.engines.native:NativeEngine"}
+EXTRAS: dict[str, str] = {}
+
+
+def launch(engine: str = "native", **knobs) -> Engine:
+    """Create an engine in this process: `launch("native", model="smollm2-135m", device="cpu")`."""
+    import importlib
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is unknown: choose one of {sorted(ENGINES)}")
+    module, _, cls = ENGINES[engine].partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        extra = EXTRAS.get(engine, engine)
+        raise ValueError(
+            f"the {engine} engine needs an optional package ({exc.name}): pip install 'llmlab[{extra}]'"
+        ) from exc
+    return factory(**knobs)
+
+
+__all__ = ["ENGINES", "Engine", "EngineStep", "launch"]

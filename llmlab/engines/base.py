@@ -1,0 +1,139 @@
+"""What every engine offers: add requests, step, abort; and the shared `generate` and `run`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llmlab.core.records import Completion, EngineInfo, StepRecord
+from llmlab.core.request import SamplingParams
+
+if TYPE_CHECKING:
+    from llmlab.run import Run
+    from llmlab.workloads import WorkItem, Workload
+
+
+@dataclass
+class EngineStep:
+    """One step's result. The session stamps `record` with the step index and times."""
+
+    record: StepRecord
+    new_tokens: dict[str, int] = field(default_factory=dict)  # req_id -> tokens appended this step
+    finished: list[Completion] = field(default_factory=list)
+
+
+class Engine:
+    """Base class of all engines. Subclasses implement `add_request`, `step`, `abort`, `has_unfinished`."""
+
+    name = "engine"
+    virtual_clock = False  # True for the simulator: `now` is simulated time
+
+    info: EngineInfo
+    tokenizer: Any
+
+    def __init__(self) -> None:
+        self._busy = threading.Lock()
+        self._closed = False
+
+    # the per-engine part -----------------------------------------------------------------
+    def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        raise NotImplementedError
+
+    def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError if this request could never run here; called before a run starts."""
+
+    def step(self) -> EngineStep:
+        raise NotImplementedError
+
+    def abort(self, req_id: str) -> None:
+        raise NotImplementedError
+
+    def has_unfinished(self) -> bool:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def advance_to(self, t: float) -> None:
+        """Move a virtual clock forward while idle; real engines sleep instead."""
+
+    def close(self) -> None:
+        self._closed = True
+
+    # shared ------------------------------------------------------------------------------
+    def params_for(self, item: WorkItem) -> SamplingParams:
+        params = SamplingParams(
+            max_tokens=item.max_tokens,
+            temperature=item.temperature,
+            top_p=item.top_p,
+            top_k=item.top_k,
+            seed=item.seed,
+            ignore_eos=item.ignore_eos,
+            stop=list(item.stop or []),
+        )
+        params.validate()
+        return params
+
+    def encode(self, item: WorkItem) -> list[int]:
+        from llmlab.workloads import prompt_token_ids
+
+        return prompt_token_ids(item, self.tokenizer)
+
+    def run(self, workload: Workload, live: bool = False) -> Run:
+        """Send `workload`; returns a finished `Run`, or at once with `live=True` (then `run.wait()`)."""
+        from llmlab.session import Session
+
+        if self._closed:
+            raise ValueError(f"the {self.name} engine is closed: launch a new one with llmlab.launch({self.name!r})")
+        if self._busy.locked():
+            raise ValueError(
+                f"the {self.name} engine is busy with a live run: call run.wait() or run.stop() on it first"
+            )
+        return Session(self, workload).start(live=live)
+
+    def generate(
+        self,
+        prompts: str | list[str] | list[list[int]],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        chat: bool = False,
+        ignore_eos: bool = False,
+    ) -> list[Completion]:
+        """Complete each prompt (text or token ids); returns completions in prompt order."""
+        from llmlab import workloads
+
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        wl = workloads.fixed(
+            prompts,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            chat=chat,
+            ignore_eos=ignore_eos,
+        )
+        run = self.run(wl)
+        if run.error is not None:
+            raise run.error
+        return [run.outputs[item.req_id] for item in wl]
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        info = getattr(self, "info", None)
+        if info is None:
+            return f"<{type(self).__name__}>"
+        return f"<{self.name} engine: {info.model} on {info.device}, {info.dtype}>"

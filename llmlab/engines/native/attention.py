@@ -1,0 +1,87 @@
+"""Paged attention in plain PyTorch: write new K/V into pool slots, read each request's blocks.
+
+The pool of one layer is a tensor [num_blocks * block_size, kv_heads, head_dim]; a request's
+block table says which blocks hold its tokens in order. Decodes (one query token each) are
+batched into one call over their gathered blocks; prefill chunks run one request at a time.
+This module is the swappable part: a fused paged kernel can replace `paged_attention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSpan:
+    """A prefill chunk: rows [row, row + num_tokens) of the batch, positions [start, start + num_tokens)."""
+
+    row: int
+    num_tokens: int
+    start: int
+    block_table: torch.Tensor  # [num_blocks_of_request] long, blocks covering start + num_tokens
+    mask: torch.Tensor | None = None  # [num_tokens, context], 0 or -inf; None when start == 0 (plain causal)
+
+
+@dataclass
+class AttentionMetadata:
+    """Everything attention needs for one step, built once and shared by all layers."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] long: pool slot for each new token's K/V
+    num_decodes: int = 0  # the first num_decodes rows are decodes, one per request
+    decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] long
+    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size], 0 or -inf
+    prefills: list[PrefillSpan] = field(default_factory=list)
+
+
+def gather_blocks(cache: torch.Tensor, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The K or V of the given blocks, in order: [..., num_blocks * block_size, kv_heads, head_dim]."""
+    blocks = cache.view(-1, block_size, *cache.shape[1:])
+    out = blocks.index_select(0, block_table.reshape(-1))
+    return out.view(*block_table.shape[:-1], -1, *cache.shape[1:])
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, heads, head_dim]
+    k: torch.Tensor,  # [T, kv_heads, head_dim]
+    v: torch.Tensor,
+    k_cache: torch.Tensor,  # [slots, kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Store this step's K/V in the pool, then attend each query to its request's context."""
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    gqa = q.shape[1] != k.shape[1]
+    nd = meta.num_decodes
+    if nd:
+        keys = gather_blocks(k_cache, meta.decode_block_tables, block_size).transpose(1, 2)
+        values = gather_blocks(v_cache, meta.decode_block_tables, block_size).transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            q[:nd].unsqueeze(2), keys, values, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa
+        )
+        out[:nd] = o.squeeze(2)
+    for p in meta.prefills:
+        rows = slice(p.row, p.row + p.num_tokens)
+        qi = q[rows].transpose(0, 1).unsqueeze(0)
+        if p.mask is None:  # a fresh prompt: its own K/V are the whole context
+            ki, vi = k[rows], v[rows]
+        else:
+            ki = gather_blocks(k_cache, p.block_table.unsqueeze(0), block_size)[0, : p.mask.shape[1]]
+            vi = gather_blocks(v_cache, p.block_table.unsqueeze(0), block_size)[0, : p.mask.shape[1]]
+        o = F.scaled_dot_product_attention(
+            qi,
+            ki.transpose(0, 1).unsqueeze(0),
+            vi.transpose(0, 1).unsqueeze(0),
+            attn_mask=p.mask,
+            is_causal=p.mask is None,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        out[rows] = o[0].transpose(0, 1)
+    return out

@@ -1,0 +1,262 @@
+"""llmlab's own engine: the core scheduler and block manager over a PyTorch paged-KV model runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llmlab.core.blocks import BlockManager
+from llmlab.core.records import Completion, EngineInfo, StepRecord
+from llmlab.core.request import Request, SamplingParams
+from llmlab.core.scheduler import Scheduler, SchedulerConfig
+from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.native.runner import ModelRunner
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_KV_MEMORY_CPU = 512 * 2**20
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device={device!r} is unknown: use 'cpu' or 'cuda'")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this PyTorch sees no CUDA GPU: use device='cpu'")
+    return torch.device(device)
+
+
+def default_cpu_dtype() -> torch.dtype:
+    """bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), else float32, which is
+    several times faster than emulated bfloat16 on AVX2-only CPUs."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else default_cpu_dtype()
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported by the native engine: use 'float32' or 'bfloat16'")
+
+
+def eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
+    """EOS ids from generation_config.json and the tokenizer."""
+    ids: set[int] = set()
+    gen = path / "generation_config.json"
+    if gen.exists():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+
+class NativeEngine(Engine):
+    """Paged KV cache, continuous batching and the four core policies, on CPU or CUDA."""
+
+    name = "native"
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        kv_cache_memory: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        enable_chunked_prefill: bool = True,
+        enable_prefix_caching: bool = True,
+        policy: str = "chunked",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        trace_kv_owners: bool = True,
+        watermark: float = 0.01,
+    ) -> None:
+        super().__init__()
+        from llmlab import __version__
+        from llmlab.models import load_tokenizer, resolve
+        from llmlab.models.resolve import check_architecture
+
+        # cheap checks first, so a bad knob fails before the weights load
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"block_size={block_size!r}: must be a positive number of tokens per block, e.g. 16")
+        if num_blocks is not None and num_blocks <= 0:
+            raise ValueError(
+                f"num_blocks={num_blocks}: the KV pool needs at least one block; leave it None for a default"
+            )
+        if kv_cache_memory is not None and kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory}: give a positive number of bytes, e.g. 256 * 2**20")
+        sched_cfg = SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_chunked_prefill=enable_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
+            policy=policy,
+            watermark=watermark,
+            max_model_len=max_model_len or DEFAULT_MAX_MODEL_LEN,
+        )
+        if max_model_len is None:
+            sched_cfg.max_model_len = max(2, min(sched_cfg.max_num_batched_tokens, DEFAULT_MAX_MODEL_LEN))
+        sched_cfg.validate()  # the final check, with the model's context, follows below
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+
+        spec = resolve(model)
+        cfg = check_architecture(spec.path)
+        per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype)
+        if num_blocks is None:
+            budget = kv_cache_memory or self._default_kv_memory(spec.path)
+            num_blocks = budget // per_block
+            if num_blocks < 1:
+                raise ValueError(
+                    f"kv_cache_memory={budget} bytes holds no KV block of {per_block} bytes: give at least {per_block}"
+                )
+        ctx = cfg.get("max_position_embeddings", DEFAULT_MAX_MODEL_LEN)
+        if max_model_len is None:
+            max_model_len = min(ctx, DEFAULT_MAX_MODEL_LEN)
+            if not enable_chunked_prefill and policy != "static":
+                max_model_len = min(max_model_len, max_num_batched_tokens)
+        elif max_model_len > ctx:
+            raise ValueError(
+                f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
+            )
+        sched_cfg.max_model_len = max_model_len
+        sched_cfg.validate()
+
+        self.tokenizer = load_tokenizer(spec.path)
+        self.eos_token_ids = eos_ids(spec.path, self.tokenizer)
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
+        self.scheduler = Scheduler(sched_cfg, self.blocks)
+        self.runner = ModelRunner(spec.path, cfg, block_size, num_blocks, self.dtype, self.device, max_model_len, seed)
+        self.trace_kv_owners = trace_kv_owners
+        self.requests: dict[str, Request] = {}
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.info = EngineInfo(
+            engine="native",
+            version=__version__,
+            model=spec.name,
+            device=str(self.device),
+            dtype=dtype_name,
+            config={
+                "policy": policy,
+                "block_size": block_size,
+                "num_blocks": num_blocks,
+                "kv_cache_bytes": num_blocks * per_block,
+                "max_num_seqs": max_num_seqs,
+                "max_num_batched_tokens": max_num_batched_tokens,
+                "max_model_len": max_model_len,
+                "enable_chunked_prefill": enable_chunked_prefill,
+                "enable_prefix_caching": enable_prefix_caching,
+                "watermark": watermark,
+                "seed": seed,
+                "kv_dtype": dtype_name,
+                "weights": dtype_name,
+                "tensor_parallel_size": 1,
+                "pipeline_parallel_size": 1,
+                "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                "model_path": str(spec.path),
+            },
+            views={"schedule": "exact", "kv": "exact", "latency": "exact"},
+        )
+
+    def _default_kv_memory(self, path: Path) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+            return max(int((free - 2 * weights) * 0.8), 64 * 2**20)
+        return DEFAULT_KV_MEMORY_CPU
+
+    # requests ----------------------------------------------------------------------------
+    def _request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
+        return Request(req_id, prompt_token_ids, params, eos_token_ids=self.eos_token_ids)
+
+    def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if req_id in self.requests:
+            raise ValueError(f"request id {req_id!r} is already running on this engine: use a new id")
+        self.scheduler.check(self._request(req_id, prompt_token_ids, params))
+
+    def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        req = self._request(req_id, prompt_token_ids, params)
+        self.scheduler.add(req)
+        self.requests[req_id] = req
+
+    def abort(self, req_id: str) -> None:
+        self.scheduler.abort(req_id)
+        self._forget(req_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def reset_prefix_cache(self) -> int:
+        """Drop all cached prefixes, so the next run starts cold; returns the number of blocks freed."""
+        return self.blocks.reset_cache()
+
+    def _forget(self, req_id: str) -> None:
+        self.requests.pop(req_id, None)
+        self.runner.release(req_id)
+
+    # the step ----------------------------------------------------------------------------
+    def step(self) -> EngineStep:
+        sched = self.scheduler
+        batch = sched.schedule()
+        if not batch:
+            raise RuntimeError(
+                f"nothing could be scheduled with {len(sched.waiting)} waiting and {len(sched.running)} running "
+                "requests: the KV pool or token budget is too small for the next request"
+            )
+        sampled = self.runner.execute(batch)
+        finished = sched.update(batch, sampled)
+        for req_id in sampled:
+            req = self.requests[req_id]
+            if not req.is_finished and req.params.stop and self._hit_stop_string(req):
+                finished.append(sched.finish(req, "stop"))
+        record = StepRecord(
+            step=0,
+            t_start=0.0,
+            t_end=0.0,
+            batch=batch.slots(),
+            waiting=len(sched.waiting),
+            running=len(sched.running),
+            admitted=batch.admitted,
+            preempted=batch.preempted,
+            finished=[r.req_id for r in finished],
+            kv=self.blocks.snapshot(sched.running, owners=self.trace_kv_owners),
+            prefix_hit_tokens=batch.prefix_hit_tokens,
+        )
+        completions = [self._complete(r) for r in finished]
+        return EngineStep(record, {rid: 1 for rid in sampled}, completions)
+
+    def _hit_stop_string(self, req: Request) -> bool:
+        tail = self.tokenizer.decode(req.output_token_ids[-16:], skip_special_tokens=True)
+        return any(s in tail for s in req.params.stop)
+
+    def _complete(self, req: Request) -> Completion:
+        text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
+        if req.params.stop:
+            cut = min((text.find(s) for s in req.params.stop if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        self._forget(req.req_id)
+        return Completion(
+            req.req_id, text, list(req.output_token_ids), req.finish_reason, req.prompt_token_ids, req.num_cached_tokens
+        )
+
+    def close(self) -> None:
+        """Free the weights and the KV pool."""
+        super().close()
+        self.runner = None  # type: ignore[assignment]
+        self.requests.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,58 @@
+"""Serving metrics from a trace: throughput and TTFT / ITL / TPOT / E2E percentiles.
+
+Latency statistics and throughput count finished requests only (as serving benchmarks do);
+`requests` counts every request in the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from llmlab.trace import Trace
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: Iterable[float] | np.ndarray | pd.Series, q: float) -> float:
+    """The q-th percentile (numpy's linear method) ignoring NaN; NaN when nothing is left."""
+    a = np.asarray(values, dtype="float64")
+    a = a[~np.isnan(a)]
+    return float(np.percentile(a, q)) if a.size else float("nan")
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def summary(trace: Trace) -> pd.Series:
+    """One run's headline numbers as a Series (seconds, tokens per second), for side-by-side."""
+    reqs, steps, itl = trace.requests, trace.steps, trace.itl
+    done = reqs[reqs["finish"].notna()]
+    start = reqs["arrival"].min() if len(reqs) else float("nan")
+    end = done["finish"].max() if len(done) else float("nan")
+    duration = float(end - start)
+    out: dict[str, float] = {
+        "requests": len(reqs),
+        "finished": len(done),
+        "duration_s": duration,
+        "input_tok_s": _ratio(done["prompt_tokens"].sum(), duration),
+        "output_tok_s": _ratio(done["output_tokens"].sum(), duration),
+        "requests_s": _ratio(len(done), duration),
+    }
+    itl_done = itl.loc[itl["req_id"].isin(set(done["req_id"])), "itl"]
+    for name, values in (
+        ("ttft", done["ttft"]),
+        ("itl", itl_done),
+        ("tpot", done["tpot"]),
+        ("e2e", done["e2e"]),
+    ):
+        for q in PERCENTILES:
+            out[f"{name}_p{q}"] = percentile(values, q)
+    out["preemptions"] = int(reqs["num_preemptions"].sum())
+    out["prefix_hit_rate"] = _ratio(reqs["cached_tokens"].sum(), reqs["prompt_tokens"].sum())
+    out["steps"] = len(steps)
+    out["mean_batch_size"] = float(steps["batch_size"].mean()) if len(steps) else float("nan")
+    return pd.Series(out, name=trace.info.engine, dtype="float64")

@@ -1,0 +1,117 @@
+"""Drive an engine over a workload: arrivals on the engine's clock, one step at a time, in a
+background thread when live, publishing each step to the run's subscribers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from llmlab.core.records import RequestRecord
+from llmlab.engines.base import Engine
+from llmlab.run import Run
+from llmlab.trace import Trace
+from llmlab.workloads import WorkItem, Workload
+
+IDLE_POLL_S = 0.02
+
+
+class Session:
+    """Feeds a workload's requests to an engine as they arrive and records what happens."""
+
+    def __init__(self, engine: Engine, workload: Workload) -> None:
+        self.engine = engine
+        self.workload = workload
+        # validate and tokenize everything up front: a bad request fails before anything runs
+        self.prepared: list[tuple[WorkItem, list[int], object]] = []
+        seen: set[str] = set()
+        for item in sorted(workload.items, key=lambda i: i.arrival):
+            if item.req_id in seen:
+                raise ValueError(
+                    f"request id {item.req_id!r} appears twice in workload {workload.name!r}: ids must be unique"
+                )
+            seen.add(item.req_id)
+            ids = engine.encode(item)
+            params = engine.params_for(item)
+            engine.check_request(item.req_id, ids, params)
+            self.prepared.append((item, ids, params))
+        self.run = Run(Trace(engine.info), total=len(self.prepared))
+
+    def start(self, live: bool) -> Run:
+        engine, run = self.engine, self.run
+        if not engine._busy.acquire(blocking=False):
+            raise ValueError(
+                f"the {engine.name} engine is busy with a live run: call run.wait() or run.stop() on it first"
+            )
+        run.status = "running"
+        run._done.clear()
+        if live:
+            run._thread = threading.Thread(target=self._drive, name=f"llmlab-{engine.name}-run", daemon=True)
+            run._thread.start()
+        else:
+            self._drive()
+        return run
+
+    def _drive(self) -> None:
+        engine, run, trace = self.engine, self.run, self.run.trace
+        pending = deque(self.prepared)
+        limit = self.workload.concurrency or len(pending) or 1
+        in_flight: set[str] = set()
+        records = trace.request_records
+        t0 = engine.now()
+        step = 0
+        try:
+            while (pending or engine.has_unfinished()) and not run._stop.is_set():
+                now = engine.now() - t0
+                while (
+                    pending and len(in_flight) < limit and (self.workload.concurrency or pending[0][0].arrival <= now)
+                ):
+                    item, ids, params = pending.popleft()
+                    engine.add_request(item.req_id, ids, params)
+                    in_flight.add(item.req_id)
+                    trace.add_request(RequestRecord(item.req_id, arrival=now, prompt_tokens=len(ids)))
+                if not engine.has_unfinished():
+                    wait = pending[0][0].arrival - now
+                    if engine.virtual_clock:
+                        engine.advance_to(t0 + pending[0][0].arrival)
+                    else:
+                        time.sleep(min(max(wait, 0.0), IDLE_POLL_S))
+                    continue
+                ts = engine.now()
+                out = engine.step()
+                te = engine.now() - t0
+                rec = out.record
+                rec.step, rec.t_start, rec.t_end = step, ts - t0, te
+                for slot in rec.batch:
+                    r = records[slot.req_id]
+                    if r.first_scheduled is None:
+                        r.first_scheduled = rec.t_start
+                for req_id, n in out.new_tokens.items():
+                    r = records[req_id]
+                    r.token_times.extend([te] * n)
+                    r.output_tokens += n
+                    if r.first_token is None:
+                        r.first_token = te
+                for req_id in rec.preempted:
+                    records[req_id].num_preemptions += 1
+                for c in out.finished:
+                    r = records[c.req_id]
+                    r.finish, r.finish_reason, r.cached_tokens = te, c.finish_reason, c.cached_tokens
+                    trace.add_output(c)
+                    in_flight.discard(c.req_id)
+                trace.add_step(rec)
+                step += 1
+                for callback in list(run._subscribers):
+                    callback(rec)
+            run.status = "stopped" if run._stop.is_set() else "finished"
+        except Exception as exc:  # the run fails; the engine must stay usable
+            run.error = exc
+            run.status = "failed"
+        finally:
+            for req_id in in_flight - set(trace.outputs):
+                try:
+                    engine.abort(req_id)
+                except Exception:
+                    pass
+            engine._busy.release()
+            run._done.set()

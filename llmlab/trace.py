@@ -1,0 +1,336 @@
+"""A run's records and the pandas views of them, saved and loaded as JSON lines or Parquet.
+
+The engine thread appends records while a notebook reads; every view works on a snapshot
+copy taken under a lock, so a half-written run still gives consistent frames.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmlab.core.records import Completion, EngineInfo, RequestRecord, StepRecord
+
+FORMAT_VERSION = 1
+SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+_META_KEY = b"llmlab.info"
+_FIX = "this file was not written by Run.save; llmlab.load accepts .jsonl and .parquet files written by run.save(path)"
+
+STEP_COLUMNS = [
+    "step", "t_start", "t_end", "duration", "batch_size", "prefill_tokens", "decode_tokens",
+    "num_prefill_reqs", "num_decode_reqs", "waiting", "running", "admitted", "preempted",
+    "finished", "kv_used", "kv_cached", "kv_free", "kv_total", "prefix_hit_tokens", "source",
+]  # fmt: skip
+REQUEST_COLUMNS = [
+    "req_id", "arrival", "first_scheduled", "first_token", "finish", "prompt_tokens",
+    "output_tokens", "cached_tokens", "num_preemptions", "finish_reason", "ttft", "e2e",
+    "tpot", "queue_time",
+]  # fmt: skip
+SLOT_COLUMNS = ["step", "req_id", "phase", "num_tokens", "context_len"]
+ITL_COLUMNS = ["req_id", "itl"]
+
+_TIME_COLUMNS = ("arrival", "first_scheduled", "first_token", "finish")
+
+
+class TraceFileError(ValueError):
+    """A trace file that cannot be read: names the file, the line, what is wrong and the fix."""
+
+
+class TraceFileNotFound(TraceFileError, FileNotFoundError):
+    """A trace path that does not exist (both a ValueError and a FileNotFoundError)."""
+
+
+class Trace:
+    """Engine info plus step, request and output records, with DataFrame views of them."""
+
+    def __init__(
+        self,
+        info: EngineInfo,
+        step_records: list[StepRecord] | None = None,
+        request_records: dict[str, RequestRecord] | None = None,
+        outputs: dict[str, Completion] | None = None,
+    ) -> None:
+        self.info = info
+        self.step_records: list[StepRecord] = list(step_records or [])
+        self.request_records: dict[str, RequestRecord] = dict(request_records or {})
+        self.outputs: dict[str, Completion] = dict(outputs or {})
+        self._lock = threading.Lock()
+
+    def add_step(self, rec: StepRecord) -> None:
+        """Append one scheduler step."""
+        with self._lock:
+            self.step_records.append(rec)
+
+    def add_request(self, rec: RequestRecord) -> None:
+        """Add (or replace, by req_id) a request's record; insertion order is kept."""
+        with self._lock:
+            self.request_records[rec.req_id] = rec
+
+    def add_output(self, c: Completion) -> None:
+        """Add (or replace, by req_id) a finished request's output."""
+        with self._lock:
+            self.outputs[c.req_id] = c
+
+    def _snapshot(self) -> tuple[list[StepRecord], list[RequestRecord], list[Completion]]:
+        with self._lock:
+            return (
+                list(self.step_records),
+                list(self.request_records.values()),
+                list(self.outputs.values()),
+            )
+
+    def __len__(self) -> int:
+        return len(self.step_records)
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"Trace({i.engine} {i.model} on {i.device}: {len(self.step_records)} steps, "
+            f"{len(self.request_records)} requests)"
+        )
+
+    # ---- DataFrame views -------------------------------------------------------------
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        """One row per scheduler step: batch make-up, queue lengths and KV pool use."""
+        rows = []
+        for r in self._snapshot()[0]:
+            kv = r.kv
+            rows.append(
+                {
+                    "step": r.step,
+                    "t_start": r.t_start,
+                    "t_end": r.t_end,
+                    "duration": r.t_end - r.t_start,
+                    "batch_size": len(r.batch),
+                    "prefill_tokens": r.prefill_tokens,
+                    "decode_tokens": r.decode_tokens,
+                    "num_prefill_reqs": sum(s.phase == "prefill" for s in r.batch),
+                    "num_decode_reqs": sum(s.phase == "decode" for s in r.batch),
+                    "waiting": r.waiting,
+                    "running": r.running,
+                    "admitted": len(r.admitted),
+                    "preempted": len(r.preempted),
+                    "finished": len(r.finished),
+                    "kv_used": kv.used if kv else None,
+                    "kv_cached": kv.cached if kv else None,
+                    "kv_free": kv.free if kv else None,
+                    "kv_total": kv.num_blocks if kv else None,
+                    "prefix_hit_tokens": r.prefix_hit_tokens,
+                    "source": r.source,
+                }
+            )
+        return _frame(rows, STEP_COLUMNS, {"source": "str"})
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        """One row per request: timestamps, token counts and the derived latencies (seconds)."""
+        fields = REQUEST_COLUMNS[:10]
+        rows = [{k: getattr(r, k) for k in fields} for r in self._snapshot()[1]]
+        df = _frame(rows, fields, {"req_id": "str", "finish_reason": "str"})
+        df[list(_TIME_COLUMNS)] = df[list(_TIME_COLUMNS)].astype("float64")
+        df["ttft"] = df["first_token"] - df["arrival"]
+        df["e2e"] = df["finish"] - df["arrival"]
+        decode_gaps = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
+        df["tpot"] = (df["finish"] - df["first_token"]) / decode_gaps
+        df["queue_time"] = df["first_scheduled"] - df["arrival"]
+        return df
+
+    @property
+    def slots(self) -> pd.DataFrame:
+        """One row per (step, request) in a batch: phase, tokens computed and context length."""
+        rows = [
+            {
+                "step": r.step,
+                "req_id": s.req_id,
+                "phase": s.phase,
+                "num_tokens": s.num_tokens,
+                "context_len": s.context_len,
+            }
+            for r in self._snapshot()[0]
+            for s in r.batch
+        ]
+        return _frame(rows, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
+
+    @property
+    def itl(self) -> pd.DataFrame:
+        """Inter-token latencies, long form: one row per gap between consecutive tokens."""
+        ids: list[str] = []
+        gaps: list[np.ndarray] = []
+        for r in self._snapshot()[1]:
+            d = np.diff(np.asarray(r.token_times, dtype="float64"))
+            ids += [r.req_id] * len(d)
+            gaps.append(d)
+        itl = np.concatenate(gaps) if gaps else np.empty(0)
+        return pd.DataFrame({"req_id": pd.Series(ids, dtype="str"), "itl": itl})
+
+    # ---- files -----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trace as JSON lines (.jsonl, .jsonl.gz) or Parquet (.parquet); no pickle."""
+        path = Path(path)
+        suffix = _suffix(path)
+        header = {"record": "info", "version": FORMAT_VERSION, "info": self.info.to_dict()}
+        records = list(self._records())
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table(
+                {
+                    "record": pa.array([k for k, _ in records], pa.string()),
+                    "payload": pa.array([json.dumps(d) for _, d in records], pa.string()),
+                }
+            )
+            table = table.replace_schema_metadata({_META_KEY: json.dumps(header).encode()})
+            pq.write_table(table, path, compression="zstd")
+        else:
+            opener: Callable[..., Any] = gzip.open if suffix == ".jsonl.gz" else open
+            with opener(path, "wt", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                for kind, d in records:
+                    f.write(json.dumps({"record": kind, **d}) + "\n")
+        return path
+
+    def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        steps, reqs, outs = self._snapshot()
+        for kind, recs in (("step", steps), ("request", reqs), ("output", outs)):
+            for rec in recs:
+                yield kind, rec.to_dict()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """Read a trace written by `save`; a malformed file raises TraceFileError (a ValueError)."""
+        path = Path(path)
+        suffix = _suffix(path)
+        if not path.is_file():
+            raise TraceFileNotFound(f"{path}: no such file. {_FIX}.")
+        if suffix == ".parquet":
+            header, records = _read_parquet(path)
+        else:
+            header, records = _read_jsonl(path, gz=suffix == ".jsonl.gz")
+        where = "row" if suffix == ".parquet" else "line"
+        if header.get("version") != FORMAT_VERSION:
+            raise TraceFileError(
+                f"{path}: trace format version {header.get('version')!r} is not "
+                f"{FORMAT_VERSION}; load it with the llmlab version that wrote it"
+            )
+        try:
+            info = EngineInfo.from_dict(header["info"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise TraceFileError(f"{path}: the info header has wrong fields ({e}); {_FIX}") from e
+        trace = cls(info)
+        adders = {
+            "step": (StepRecord, trace.add_step),
+            "request": (RequestRecord, trace.add_request),
+            "output": (Completion, trace.add_output),
+        }
+        for lineno, kind, d in records:
+            if not isinstance(kind, str) or kind not in adders:
+                raise TraceFileError(
+                    f"{path}, {where} {lineno}: unknown record kind {kind!r} (expected one of {sorted(adders)}); {_FIX}"
+                )
+            rec_cls, add = adders[kind]
+            try:
+                add(rec_cls.from_dict(d))
+            except (TypeError, AttributeError, ValueError, KeyError) as e:
+                raise TraceFileError(f"{path}, {where} {lineno}: {kind} record has wrong fields ({e}); {_FIX}") from e
+        return trace
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace file written by `Trace.save` (same as `Trace.load`)."""
+    return Trace.load(path)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in SUFFIXES:
+        if name.endswith(s):
+            return s
+    raise ValueError(
+        f"{path}: unsupported trace file suffix {''.join(path.suffixes) or '(none)'!r}; "
+        f"use one of {', '.join(SUFFIXES)}"
+    )
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    """A frame with these columns; an empty one still gets sensible dtypes."""
+    if rows:
+        df = pd.DataFrame(rows, columns=columns)
+        numeric = [c for c in columns if c not in dtypes and df[c].dtype == object]
+        df[numeric] = df[numeric].astype("float64")  # all-None optional numbers -> NaN
+        return df
+    return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+
+
+def _read_jsonl(path: Path, gz: bool) -> tuple[dict[str, Any], list[tuple[int, str, Any]]]:
+    opener: Callable[..., Any] = gzip.open if gz else open
+    header: dict[str, Any] | None = None
+    records: list[tuple[int, str, Any]] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TraceFileError(f"{path}, line {lineno}: not JSON ({e}); {_FIX}") from e
+                if not isinstance(d, dict) or "record" not in d:
+                    raise TraceFileError(f"{path}, line {lineno}: expected a JSON object with a 'record' key; {_FIX}")
+                kind = d.pop("record")
+                if header is None:
+                    if kind != "info":
+                        raise TraceFileError(
+                            f"{path}, line {lineno}: missing the info header (the first line "
+                            f"must be a 'record': 'info' object); {_FIX}"
+                        )
+                    header = d
+                else:
+                    records.append((lineno, kind, d))
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise TraceFileError(f"{path}: cannot be read as text JSON lines ({e}); {_FIX}") from e
+    if header is None:
+        raise TraceFileError(f"{path}: empty file, missing the info header; {_FIX}")
+    return header, records
+
+
+def _read_parquet(path: Path) -> tuple[dict[str, Any], list[tuple[int, str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise TraceFileError(f"{path}: not a readable Parquet file ({e}); {_FIX}") from e
+    meta = table.schema.metadata or {}
+    if _META_KEY not in meta:
+        raise TraceFileError(f"{path}: missing the info header (schema metadata); {_FIX}")
+    if table.column_names != ["record", "payload"]:
+        raise TraceFileError(f"{path}: columns {table.column_names} are not ['record', 'payload']; {_FIX}")
+    try:
+        header = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise TraceFileError(f"{path}: the info header is not JSON ({e}); {_FIX}") from e
+    if not isinstance(header, dict):
+        raise TraceFileError(f"{path}: the info header is not a JSON object; {_FIX}")
+    records = []
+    kinds, payloads = table.column("record").to_pylist(), table.column("payload").to_pylist()
+    for row, (kind, text) in enumerate(zip(kinds, payloads, strict=True)):
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise TraceFileError(f"{path}, row {row}: payload is not JSON ({e}); {_FIX}") from e
+        if not isinstance(d, dict):
+            raise TraceFileError(f"{path}, row {row}: payload is not a JSON object; {_FIX}")
+        records.append((row, kind, d))
+    return header, records
