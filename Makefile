@@ -30,7 +30,7 @@ lab: model
 
 test: $(VENV)/.installed-dev model
 	$(BIN)/ruff check llmlab tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests --nbmake notebooks
 
 demo: model
 	$(BIN)/llmlab demo

@@ -69,7 +69,9 @@ class Session:
                     item, ids, params = pending.popleft()
                     engine.add_request(item.req_id, ids, params)
                     in_flight.add(item.req_id)
-                    trace.add_request(RequestRecord(item.req_id, arrival=now, prompt_tokens=len(ids)))
+                    # an open-loop request arrived at its own time, even if a step was running then
+                    arrival = now if self.workload.concurrency else item.arrival
+                    trace.add_request(RequestRecord(item.req_id, arrival=arrival, prompt_tokens=len(ids)))
                 if not engine.has_unfinished():
                     wait = pending[0][0].arrival - now
                     if engine.virtual_clock:

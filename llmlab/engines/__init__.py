@@ -11,6 +11,7 @@ EXTRAS: dict[str, str] = {}
 def launch(engine: str = "native", **knobs) -> Engine:
     """Create an engine in this process: `launch("native", model="smollm2-135m", device="cpu")`."""
     import importlib
+    import inspect
 
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is unknown: choose one of {sorted(ENGINES)}")
@@ -22,6 +23,10 @@ def launch(engine: str = "native", **knobs) -> Engine:
         raise ValueError(
             f"the {engine} engine needs an optional package ({exc.name}): pip install 'llmlab[{extra}]'"
         ) from exc
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(knobs) - set(accepted))
+    if unknown:
+        raise ValueError(f"the {engine} engine has no knob {', '.join(unknown)}: its knobs are {', '.join(accepted)}")
     return factory(**knobs)
 
 
