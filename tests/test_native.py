@@ -161,6 +161,7 @@ def test_block_accounting_matches_block_tables(engine):
     run.subscribe(check)
     run.wait()
     assert run.error is None and run.status == "finished"
+    assert not run.subscriber_errors, run.subscriber_errors
     assert checked
     last = run.trace.step_records[-1].kv
     assert last.used == 0 and last.cached + last.free == last.num_blocks

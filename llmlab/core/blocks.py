@@ -50,13 +50,17 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached: dict[int, int] = {}  # block hash -> block id
-        self.num_cached_free = 0
+        self.cached_free: set[int] = set()  # free blocks still holding a registered prefix
         self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
 
     # counts ------------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
         return len(self.free_queue)
+
+    @property
+    def num_cached_free(self) -> int:
+        return len(self.cached_free)
 
     @property
     def num_used(self) -> int:
@@ -121,7 +125,7 @@ class BlockManager:
             block_id, _ = self.free_queue.popitem(last=False)
             block = self.blocks[block_id]
             if block.hash is not None:  # evict the least recently used cached prefix
-                self.num_cached_free -= 1
+                self.cached_free.discard(block_id)
                 if self.cached.get(block.hash) == block_id:
                     del self.cached[block.hash]
                 block.hash = None
@@ -133,8 +137,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.ref_count == 0:
             del self.free_queue[block_id]
-            if block.hash is not None:
-                self.num_cached_free -= 1
+            self.cached_free.discard(block_id)
         block.ref_count += 1
 
     def free(self, req: Request) -> None:
@@ -145,7 +148,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self.free_queue[block_id] = None
                 if block.hash is not None:
-                    self.num_cached_free += 1
+                    self.cached_free.add(block_id)
         req.block_ids = []
 
     def reset_cache(self) -> int:
@@ -156,7 +159,7 @@ class BlockManager:
                 block.hash = None
                 dropped += 1
         self.cached = {h: b for h, b in self.cached.items() if self.blocks[b].hash == h}
-        self.num_cached_free = 0
+        self.cached_free.clear()
         return dropped
 
     def forget(self, req: Request) -> None:
@@ -176,7 +179,8 @@ class BlockManager:
             block_size=self.block_size,
             num_blocks=self.num_blocks,
             used=self.num_used,
-            cached=self.num_cached_free,
-            free=self.num_free - self.num_cached_free,
+            cached=len(self.cached_free),
+            free=self.num_free - len(self.cached_free),
             owners=table,
+            cached_ids=sorted(self.cached_free) if owners else None,
         )

@@ -33,6 +33,7 @@ class KVSnapshot:
     cached: int
     free: int
     owners: dict[int, list[str]] | None = None  # block id -> request ids; None when not captured
+    cached_ids: list[int] | None = None  # ids of the cached free blocks; None when not captured
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KVSnapshot:

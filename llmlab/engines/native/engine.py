@@ -15,7 +15,7 @@ from llmlab.engines.base import Engine, EngineStep
 from llmlab.engines.native.runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
-DEFAULT_KV_MEMORY_CPU = 512 * 2**20
+DEFAULT_KV_MEMORY_CPU = 256 * 2**20
 DEFAULT_MAX_MODEL_LEN = 8192
 
 

@@ -1,0 +1,152 @@
+"""The dashboard: header, Stop button, replay slider and the three views, live while a run runs.
+
+The engine thread only marks the dashboard dirty; a small refresher thread redraws at most
+`max_fps` times a second, so drawing never slows a step. Replay redraws any past step.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ipywidgets as W
+
+from llmlab.widgets.views import KVView, LatencyView, ScheduleView
+
+if TYPE_CHECKING:
+    from llmlab.run import Run
+
+KEY_CONFIG = ["policy", "block_size", "num_blocks", "max_num_batched_tokens", "max_num_seqs", "enable_prefix_caching"]
+
+
+def header_html(run: Run) -> str:
+    info = run.info
+    cfg = ", ".join(f"{k}={info.config[k]}" for k in KEY_CONFIG if k in info.config)
+    return (
+        f"<b>{html.escape(info.engine)}</b> · {html.escape(info.model)} · {html.escape(info.device)} · "
+        f"{html.escape(info.dtype)}<br><span style='font-size:90%;color:#555'>{html.escape(cfg)}</span>"
+    )
+
+
+class Dashboard(W.VBox):
+    """Schedule, KV cache and latency views of one run, live or replayed."""
+
+    def __init__(self, run: Run, max_fps: float = 5.0, window: int = 200) -> None:
+        self.run = run
+        self.schedule = ScheduleView(run.info, window=window)
+        self.kv = KVView(window=2 * window)
+        self.latency = LatencyView()
+        self._interval = 1.0 / max(0.5, min(max_fps, 10.0))
+        self._dirty = threading.Event()
+        self._follow = True
+        self._lock = threading.Lock()
+
+        self.header = W.HTML(header_html(run))
+        self.status = W.HTML()
+        self.status.add_class("llmlab-status")
+        self.counter = W.Label("step 0")
+        self.counter.add_class("llmlab-step-counter")
+        self.progress = W.IntProgress(value=0, min=0, max=max(run.total, 1), description="requests")
+        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop")
+        self.stop_button.add_class("llmlab-stop")
+        self.stop_button.on_click(lambda _: self.run.stop())
+        self.slider = W.IntSlider(value=0, min=0, max=0, description="replay step", continuous_update=False)
+        self.slider.add_class("llmlab-replay")
+        self.slider.observe(self._on_slider, names="value")
+        self.request_pick = W.Dropdown(options=["(none)"], value="(none)", description="highlight")
+        self.request_pick.observe(self._on_pick, names="value")
+        controls = W.HBox([self.counter, self.progress, self.stop_button, self.status])
+        replay = W.HBox([self.slider, self.request_pick])
+        super().__init__([self.header, controls, replay, self.schedule.figure, self.kv.figure, self.latency.figure])
+        self.redraw()
+        if not run.done:
+            run.subscribe(self._on_step)
+            threading.Thread(target=self._refresh_loop, name="llmlab-dashboard", daemon=True).start()
+
+    # live --------------------------------------------------------------------------------
+    def _on_step(self, _rec) -> None:
+        self._dirty.set()  # called in the engine thread: keep it cheap
+
+    def _refresh_loop(self) -> None:
+        while not self.run.done:
+            if self._dirty.wait(timeout=self._interval):
+                self._dirty.clear()
+                self.redraw()
+                time.sleep(self._interval)
+        self.run.unsubscribe(self._on_step)
+        self.redraw()
+
+    # drawing -----------------------------------------------------------------------------
+    def redraw(self, upto: int | None = None) -> None:
+        """Draw the state as of step `upto` (default: the latest, or the replay slider's step)."""
+        with self._lock:
+            steps = list(self.run.trace.step_records)
+            requests = list(self.run.trace.request_records.values())
+            n = len(steps)
+            if upto is None and not self._follow:
+                upto = self.slider.value
+            for view in (self.schedule, self.kv, self.latency):
+                view.update(steps, requests, upto)
+            last = n - 1 if upto is None else upto
+            self.counter.value = f"step {max(last, 0)}" if n else "step 0"
+            self.progress.value = self.run.num_finished
+            self.status.value = f"<b>{html.escape(self.run.status)}</b>" + (
+                f" · {html.escape(str(self.run.error))}" if self.run.error else ""
+            )
+            if self.run.done:
+                self.stop_button.disabled = True
+                self.stop_button.description = self.run.status.capitalize()
+            if n:
+                self._set_slider(n - 1, last)
+            ids = ["(none)", *(r.req_id for r in requests)]
+            if len(ids) != len(self.request_pick.options):
+                self.request_pick.options = ids
+
+    def _set_slider(self, maximum: int, value: int) -> None:
+        self._quiet = True
+        try:
+            self.slider.max = maximum
+            self.slider.value = value
+        finally:
+            self._quiet = False
+
+    def _on_slider(self, change) -> None:
+        if getattr(self, "_quiet", False):
+            return
+        self._follow = change["new"] >= self.slider.max and not self.run.done
+        threading.Thread(target=self.redraw, args=(change["new"],), daemon=True).start()
+
+    def _on_pick(self, change) -> None:
+        self.kv.selected = None if change["new"] == "(none)" else change["new"]
+        self.redraw(None if self._follow else self.slider.value)
+
+    def show_step(self, step: int) -> Dashboard:
+        """Replay: show the run as it was after `step`."""
+        self._follow = False
+        self.redraw(step)
+        return self
+
+    # static output -----------------------------------------------------------------------
+    def static_html(self, include_plotlyjs: bool | str = "cdn") -> str:
+        """The dashboard as plain HTML (for nbviewer, nbconvert and `to_html`)."""
+        parts = [f"<div style='font-family:sans-serif'>{header_html(self.run)}<br>{html.escape(repr(self.run))}</div>"]
+        for i, view in enumerate((self.schedule, self.kv, self.latency)):
+            parts.append(view.figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False))
+        return "\n".join(parts)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write one standalone HTML page (plotly.js embedded) of the whole dashboard."""
+        path = Path(path)
+        body = self.static_html(include_plotlyjs=True)
+        path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>llmlab run</title></head>"
+                        f"<body>{body}</body></html>", encoding="utf-8")  # fmt: skip
+        return path
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = self.static_html()
+        bundle["text/plain"] = repr(self.run)
+        return bundle

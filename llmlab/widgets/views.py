@@ -1,0 +1,263 @@
+"""The three views of a run: schedule, KV cache and latency. Each owns one plotly FigureWidget and
+redraws it from the trace's records as of a step (the latest, or any step when replaying)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from llmlab.core.records import EngineInfo, RequestRecord, StepRecord
+from llmlab.widgets.colors import (
+    CACHED_COLOUR,
+    FREE_COLOUR,
+    REQUEST_PALETTE,
+    STATE_COLOURS,
+    discrete_scale,
+    request_colour,
+)
+from llmlab.widgets.state import (
+    ABSENT,
+    KV_CACHED,
+    KV_FREE,
+    STATE_NAMES,
+    kv_series,
+    kv_state,
+    schedule_state,
+    step_window,
+)
+
+Records = tuple[list[StepRecord], list[RequestRecord]]
+
+
+def json_safe(a: np.ndarray) -> list:
+    """NaN cells as None: widget messages are strict JSON, and plotly draws None as a gap."""
+    return np.where(np.isnan(a), None, a).tolist()
+
+
+def colour_index(requests: list[RequestRecord]) -> dict[str, int]:
+    """Each request's colour, by arrival order, shared by the schedule and the KV map."""
+    return {r.req_id: i % len(REQUEST_PALETTE) for i, r in enumerate(requests)}
+
+
+class ScheduleView:
+    """Requests x steps coloured by state, over per-step prefill / decode token bars and the budget."""
+
+    def __init__(self, info: EngineInfo, window: int = 200, max_rows: int = 48, height: int = 460) -> None:
+        self.window, self.max_rows = window, max_rows
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
+        fig.add_trace(
+            go.Heatmap(
+                z=[[None]],
+                zmin=-0.5,
+                zmax=len(STATE_COLOURS) - 0.5,
+                colorscale=discrete_scale(STATE_COLOURS),
+                showscale=False,
+                xgap=1,
+                ygap=1,
+                hovertemplate="request %{y} · step %{x}<br>%{text}<extra></extra>",
+                name="schedule",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(mode="markers", marker=dict(symbol="square", size=9), hoverinfo="skip", name="request"),
+            row=1,
+            col=1,
+        )
+        for state in range(1, len(STATE_NAMES)):  # legend entries for the states
+            fig.add_trace(
+                go.Scatter(
+                    x=[None], y=[None], mode="markers", name=STATE_NAMES[state],
+                    marker=dict(symbol="square", size=10, color=STATE_COLOURS[state]),
+                ),
+                row=1,
+                col=1,
+            )  # fmt: skip
+        fig.add_trace(go.Bar(name="prefill tokens", marker_color=STATE_COLOURS[2]), row=2, col=1)
+        fig.add_trace(go.Bar(name="decode tokens", marker_color=STATE_COLOURS[3]), row=2, col=1)
+        budget = info.config.get("max_num_batched_tokens")
+        fig.add_trace(
+            go.Scatter(mode="lines", line=dict(dash="dash", color="#555"), name=f"token budget ({budget})"),
+            row=2,
+            col=1,
+        )
+        self.budget = budget
+        fig.update_layout(
+            height=height,
+            barmode="stack",
+            bargap=0.1,
+            margin=dict(l=60, r=10, t=30, b=30),
+            title=dict(text="Schedule: who runs in each step", font_size=14),
+            legend=dict(orientation="h", y=-0.12),
+            uirevision="schedule",
+        )
+        fig.update_yaxes(title_text="request", type="category", row=1, col=1)
+        fig.update_yaxes(title_text="tokens", row=2, col=1)
+        fig.update_xaxes(title_text="step", row=2, col=1)
+        self.figure = go.FigureWidget(fig)
+
+    def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
+        st = schedule_state(steps, requests, upto, self.window, self.max_rows)
+        colours = colour_index(requests)
+        z = np.where(st.codes == ABSENT, np.nan, st.codes.astype(float))
+        names = np.array(STATE_NAMES, dtype=object)[st.codes]
+        text = [
+            [f"{names[i, j]}{f' · {st.tokens[i, j]} tokens, context {st.context[i, j]}' if st.tokens[i, j] else ''}"
+             for j in range(z.shape[1])]
+            for i in range(z.shape[0])
+        ]  # fmt: skip
+        x0 = st.steps[0] - 1 if len(st.steps) else -1
+        f = self.figure
+        with f.batch_update():
+            f.data[0].update(z=json_safe(z), x=st.steps, y=st.req_ids, text=text)
+            f.data[1].update(
+                x=[x0] * len(st.req_ids),
+                y=st.req_ids,
+                marker_color=[request_colour(colours.get(r, 0)) for r in st.req_ids],
+            )
+            n = 1 + len(STATE_NAMES)
+            # colours restated on each update: the widget front end otherwise falls back to its defaults
+            f.data[n].update(x=st.steps, y=st.prefill_tokens, marker_color=STATE_COLOURS[2])
+            f.data[n + 1].update(x=st.steps, y=st.decode_tokens, marker_color=STATE_COLOURS[3])
+            if self.budget:
+                f.data[n + 2].update(x=st.steps, y=[self.budget] * len(st.steps))
+
+
+class KVView:
+    """The block pool as a grid coloured by owner, shared blocks marked, and used / cached / free over time."""
+
+    def __init__(self, window: int = 400, height: int = 440) -> None:
+        self.window = window
+        self.selected: str | None = None
+        colours = [FREE_COLOUR, CACHED_COLOUR, *REQUEST_PALETTE]
+        fig = make_subplots(rows=2, cols=1, row_heights=[0.68, 0.32], vertical_spacing=0.1)
+        fig.add_trace(
+            go.Heatmap(
+                z=[[None]],
+                zmin=KV_FREE - 0.5,
+                zmax=len(REQUEST_PALETTE) - 0.5,
+                colorscale=discrete_scale(colours),
+                showscale=False,
+                xgap=1,
+                ygap=1,
+                hovertemplate="block %{customdata}<br>%{text}<extra></extra>",
+                name="blocks",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(mode="markers", marker=dict(symbol="x-thin", size=7, line=dict(width=2, color="white")),
+                       name="shared block", hoverinfo="skip"),
+            row=1, col=1,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(mode="markers", marker=dict(symbol="square-open", size=11, line=dict(width=2, color="black")),
+                       name="selected request", hoverinfo="skip"),
+            row=1, col=1,
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", name="cached (free, reusable)",
+                       marker=dict(symbol="square", size=10, color=CACHED_COLOUR)),
+            row=1, col=1,
+        )  # fmt: skip
+        for name, colour in (("used", "#4e79a7"), ("cached", "#76b7b2"), ("free", "#bab0ac")):
+            fig.add_trace(go.Scatter(mode="lines", name=f"{name} blocks", line=dict(color=colour)), row=2, col=1)
+        fig.update_layout(
+            height=height,
+            margin=dict(l=60, r=10, t=30, b=30),
+            title=dict(text="KV cache blocks", font_size=14),
+            legend=dict(orientation="h", y=-0.15),
+            uirevision="kv",
+        )
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
+        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", row=1, col=1)
+        fig.update_xaxes(title_text="step", row=2, col=1)
+        fig.update_yaxes(title_text="blocks", row=2, col=1)
+        self.figure = go.FigureWidget(fig)
+        self.last_state = None
+
+    def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
+        if not steps:
+            return
+        k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
+        colours = colour_index(requests)
+        kv = kv_state(steps[k].kv, steps[k].step, colours)
+        self.last_state = kv
+        series = kv_series(steps, step_window(len(steps), k, self.window))
+        f = self.figure
+        with f.batch_update():
+            if kv is not None and kv.grid is not None:
+                rows, cols = kv.grid.shape
+                ids = np.arange(rows * cols).reshape(rows, cols) * kv.blocks_per_cell
+                cells = zip(kv.owners, kv.grid.ravel(), strict=True)
+                labels = [lab or ("cached prefix" if v == KV_CACHED else "free") for lab, v in cells]
+                text = np.array(labels, dtype=object).reshape(rows, cols)
+                f.data[0].update(z=json_safe(kv.grid), customdata=ids, text=text)
+                f.data[1].update(x=kv.shared[:, 1], y=kv.shared[:, 0])
+                sel = self._selected_cells(steps[k], cols)
+                f.data[2].update(x=sel[1], y=sel[0])
+                f.layout.title.text = (
+                    f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
+                    f" of {kv.num_blocks} blocks"
+                    + (f" ({kv.blocks_per_cell} blocks per cell)" if kv.blocks_per_cell > 1 else "")
+                )
+            elif kv is not None:
+                f.data[0].update(z=[[None]])
+                f.layout.title.text = f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
+            for i, name in enumerate(("used", "cached", "free")):
+                f.data[4 + i].update(x=series["step"], y=series[name])
+
+    def _selected_cells(self, rec: StepRecord, cols: int) -> tuple[list[int], list[int]]:
+        if self.selected is None or rec.kv is None or rec.kv.owners is None:
+            return [], []
+        blocks = [b for b, owners in rec.kv.owners.items() if self.selected in owners]
+        return [b // cols for b in blocks], [b % cols for b in blocks]
+
+
+class LatencyView:
+    """TTFT and inter-token latency distributions, output throughput and queue length over time."""
+
+    def __init__(self, height: int = 460) -> None:
+        fig = make_subplots(
+            rows=2,
+            cols=2,
+            subplot_titles=("time to first token (s)", "inter-token latency (s)", "output tokens/s", "queue"),
+            vertical_spacing=0.16,
+        )
+        fig.add_trace(go.Histogram(name="TTFT", marker_color="#4e79a7", nbinsx=30), row=1, col=1)
+        fig.add_trace(go.Histogram(name="ITL", marker_color="#f28e2b", nbinsx=30), row=1, col=2)
+        fig.add_trace(go.Scatter(mode="lines", name="output tok/s", line_color="#59a14f"), row=2, col=1)
+        fig.add_trace(go.Scatter(mode="lines", name="waiting", line_color="#e15759"), row=2, col=2)
+        fig.add_trace(go.Scatter(mode="lines", name="running", line_color="#4e79a7"), row=2, col=2)
+        fig.update_layout(height=height, margin=dict(l=50, r=10, t=40, b=30), showlegend=False, uirevision="lat")
+        fig.update_xaxes(title_text="seconds", row=2, col=1)
+        fig.update_xaxes(title_text="seconds", row=2, col=2)
+        self.figure = go.FigureWidget(fig)
+
+    def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
+        if not steps:
+            return
+        k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
+        now = steps[k].t_end
+        ttft = [r.first_token - r.arrival for r in requests if r.first_token is not None and r.first_token <= now]
+        itl = []
+        for r in requests:
+            times = [t for t in r.token_times if t <= now]
+            itl.extend(np.diff(times).tolist())
+        shown = steps[: k + 1]
+        t = np.array([s.t_end for s in shown])
+        token_times = [x for r in requests for x in r.token_times if x <= now]
+        bins = max(1, min(60, len(shown) // 4))
+        edges = np.linspace(0.0, max(now, 1e-9), bins + 1)
+        counts, _ = np.histogram(token_times, bins=edges)
+        rate = counts / np.diff(edges)
+        f = self.figure
+        with f.batch_update():
+            f.data[0].x = ttft
+            f.data[1].x = itl
+            f.data[2].update(x=(edges[:-1] + edges[1:]) / 2, y=rate)
+            f.data[3].update(x=t, y=[s.waiting for s in shown])
+            f.data[4].update(x=t, y=[s.running for s in shown])
