@@ -17,8 +17,8 @@ from llmlab.core.records import KVSnapshot, RequestRecord, StepRecord
 ABSENT, WAITING, PREFILL, DECODE, PREEMPTED, FINISHED = range(6)
 STATE_NAMES = ["", "waiting", "prefill", "decode", "preempted", "finished"]
 
-# KV cell states, below the per-request colour indices
-KV_FREE, KV_CACHED = -2, -1
+# KV cell states, below the per-request colour indices (KV_PAD fills the grid past the last block)
+KV_PAD, KV_FREE, KV_CACHED = -3, -2, -1
 
 
 @dataclass
@@ -96,7 +96,7 @@ class KVState:
     used: int
     cached: int
     free: int
-    grid: np.ndarray | None  # [rows, cols]: request colour index, KV_CACHED, KV_FREE, or NaN padding
+    grid: np.ndarray | None  # [rows, cols]: request colour index, KV_CACHED, KV_FREE, or KV_PAD
     owners: list[str]  # per cell, the owning request ids joined ("" when free)
     shared: np.ndarray | None  # [n, 2] (row, col) of blocks owned by several requests
     blocks_per_cell: int  # 1 when drawn block by block
@@ -119,7 +119,7 @@ def kv_state(
     per_cell = max(1, math.ceil(s.num_blocks / max_cells))
     cells = math.ceil(s.num_blocks / per_cell)
     rows, cols = grid_shape(cells)
-    grid = np.full(rows * cols, np.nan)
+    grid = np.full(rows * cols, KV_PAD, dtype=np.int32)
     grid[:cells] = KV_FREE
     labels = [""] * (rows * cols)
     shared = []

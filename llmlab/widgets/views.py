@@ -17,9 +17,9 @@ from llmlab.widgets.colors import (
     request_colour,
 )
 from llmlab.widgets.state import (
-    ABSENT,
     KV_CACHED,
     KV_FREE,
+    KV_PAD,
     STATE_NAMES,
     kv_series,
     kv_state,
@@ -28,11 +28,6 @@ from llmlab.widgets.state import (
 )
 
 Records = tuple[list[StepRecord], list[RequestRecord]]
-
-
-def json_safe(a: np.ndarray) -> list:
-    """NaN cells as None: widget messages are strict JSON, and plotly draws None as a gap."""
-    return np.where(np.isnan(a), None, a).tolist()
 
 
 def colour_index(requests: list[RequestRecord]) -> dict[str, int]:
@@ -101,17 +96,16 @@ class ScheduleView:
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
         st = schedule_state(steps, requests, upto, self.window, self.max_rows)
         colours = colour_index(requests)
-        z = np.where(st.codes == ABSENT, np.nan, st.codes.astype(float))
-        names = np.array(STATE_NAMES, dtype=object)[st.codes]
-        text = [
-            [f"{names[i, j]}{f' · {st.tokens[i, j]} tokens, context {st.context[i, j]}' if st.tokens[i, j] else ''}"
-             for j in range(z.shape[1])]
-            for i in range(z.shape[0])
-        ]  # fmt: skip
+        # numpy arrays all the way: plotly validates them without a Python loop per cell, and
+        # ABSENT cells (code 0) draw transparent, so no NaN ever reaches a widget message
+        detail = np.char.add(
+            np.char.add(" · ", st.tokens.astype(str)), np.char.add(" tokens, context ", st.context.astype(str))
+        )
+        text = np.char.add(np.array(STATE_NAMES)[st.codes], np.where(st.tokens > 0, detail, ""))
         x0 = st.steps[0] - 1 if len(st.steps) else -1
         f = self.figure
         with f.batch_update():
-            f.data[0].update(z=json_safe(z), x=st.steps, y=st.req_ids, text=text)
+            f.data[0].update(z=st.codes.astype(np.int32), x=st.steps, y=st.req_ids, text=text)
             f.data[1].update(
                 x=[x0] * len(st.req_ids),
                 y=st.req_ids,
@@ -131,12 +125,12 @@ class KVView:
     def __init__(self, window: int = 400, height: int = 440) -> None:
         self.window = window
         self.selected: str | None = None
-        colours = [FREE_COLOUR, CACHED_COLOUR, *REQUEST_PALETTE]
+        colours = ["rgba(0,0,0,0)", FREE_COLOUR, CACHED_COLOUR, *REQUEST_PALETTE]
         fig = make_subplots(rows=2, cols=1, row_heights=[0.68, 0.32], vertical_spacing=0.1)
         fig.add_trace(
             go.Heatmap(
                 z=[[None]],
-                zmin=KV_FREE - 0.5,
+                zmin=KV_PAD - 0.5,
                 zmax=len(REQUEST_PALETTE) - 0.5,
                 colorscale=discrete_scale(colours),
                 showscale=False,
@@ -192,10 +186,10 @@ class KVView:
             if kv is not None and kv.grid is not None:
                 rows, cols = kv.grid.shape
                 ids = np.arange(rows * cols).reshape(rows, cols) * kv.blocks_per_cell
-                cells = zip(kv.owners, kv.grid.ravel(), strict=True)
-                labels = [lab or ("cached prefix" if v == KV_CACHED else "free") for lab, v in cells]
-                text = np.array(labels, dtype=object).reshape(rows, cols)
-                f.data[0].update(z=json_safe(kv.grid), customdata=ids, text=text)
+                owners, codes = np.array(kv.owners, dtype=object), kv.grid.ravel()
+                empty = np.where(codes == KV_CACHED, "cached prefix", np.where(codes == KV_FREE, "free", ""))
+                text = np.where(owners != "", owners, empty).reshape(rows, cols)
+                f.data[0].update(z=kv.grid, customdata=ids, text=text)
                 f.data[1].update(x=kv.shared[:, 1], y=kv.shared[:, 0])
                 sel = self._selected_cells(steps[k], cols)
                 f.data[2].update(x=sel[1], y=sel[0])
@@ -256,8 +250,8 @@ class LatencyView:
         rate = counts / np.diff(edges)
         f = self.figure
         with f.batch_update():
-            f.data[0].x = ttft
-            f.data[1].x = itl
+            f.data[0].x = np.asarray(ttft)
+            f.data[1].x = np.asarray(itl)
             f.data[2].update(x=(edges[:-1] + edges[1:]) / 2, y=rate)
-            f.data[3].update(x=t, y=[s.waiting for s in shown])
-            f.data[4].update(x=t, y=[s.running for s in shown])
+            f.data[3].update(x=t, y=np.array([s.waiting for s in shown]))
+            f.data[4].update(x=t, y=np.array([s.running for s in shown]))
