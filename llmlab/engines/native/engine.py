@@ -12,6 +12,7 @@ from llmlab.core.records import Completion, EngineInfo, StepRecord
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.native.loader import release_memory
 from llmlab.engines.native.runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -260,3 +261,4 @@ class NativeEngine(Engine):
         self.requests.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        release_memory()

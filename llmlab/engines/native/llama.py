@@ -121,3 +121,8 @@ class LlamaModel(nn.Module):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, nn.Linear):
                         setattr(parent, name, mkldnn.to_mkldnn(child))
+                        # the packed module does not release the dense weights by itself (about 520 MB
+                        # for SmolLM2); empty them, except the embedding the LM head is tied to
+                        for p in (child.weight, child.bias):
+                            if p is not None and p is not self.embed_tokens.weight:
+                                p.data = torch.empty(0, dtype=p.dtype)

@@ -68,7 +68,21 @@ def load_model(path: Path, cfg: dict, block_size: int, dtype: torch.dtype, devic
         )
     model.eval()
     model.pack_for_cpu()
+    release_memory()
     return model
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps the load's transient copies otherwise, and on a
+    small machine (a 2 GB notebook server) that is the difference between fitting and not."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def rotary_tables(
