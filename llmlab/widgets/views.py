@@ -30,6 +30,21 @@ from llmlab.widgets.state import (
 Records = tuple[list[StepRecord], list[RequestRecord]]
 
 
+def cell_grid(colours: list[str], lowest: int, hovertemplate: str, name: str) -> go.Heatmap:
+    """An empty heatmap of flat-coloured cells: integer code `lowest + i` is drawn in `colours[i]`."""
+    return go.Heatmap(
+        z=[[None]],
+        zmin=lowest - 0.5,
+        zmax=lowest + len(colours) - 0.5,
+        colorscale=discrete_scale(colours),
+        showscale=False,
+        xgap=1,
+        ygap=1,
+        hovertemplate=hovertemplate,
+        name=name,
+    )
+
+
 def colour_index(requests: list[RequestRecord]) -> dict[str, int]:
     """Each request's colour, by arrival order, shared by the schedule and the KV map."""
     return {r.req_id: i % len(REQUEST_PALETTE) for i, r in enumerate(requests)}
@@ -42,19 +57,7 @@ class ScheduleView:
         self.window, self.max_rows = window, max_rows
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
         fig.add_trace(
-            go.Heatmap(
-                z=[[None]],
-                zmin=-0.5,
-                zmax=len(STATE_COLOURS) - 0.5,
-                colorscale=discrete_scale(STATE_COLOURS),
-                showscale=False,
-                xgap=1,
-                ygap=1,
-                hovertemplate="request %{y} · step %{x}<br>%{text}<extra></extra>",
-                name="schedule",
-            ),
-            row=1,
-            col=1,
+            cell_grid(STATE_COLOURS, 0, "request %{y} · step %{x}<br>%{text}<extra></extra>", "schedule"), row=1, col=1
         )
         fig.add_trace(
             go.Scatter(mode="markers", marker=dict(symbol="square", size=9), hoverinfo="skip", name="request"),
@@ -127,21 +130,8 @@ class KVView:
         self.selected: str | None = None
         colours = ["rgba(0,0,0,0)", FREE_COLOUR, CACHED_COLOUR, *REQUEST_PALETTE]
         fig = make_subplots(rows=2, cols=1, row_heights=[0.68, 0.32], vertical_spacing=0.1)
-        fig.add_trace(
-            go.Heatmap(
-                z=[[None]],
-                zmin=KV_PAD - 0.5,
-                zmax=len(REQUEST_PALETTE) - 0.5,
-                colorscale=discrete_scale(colours),
-                showscale=False,
-                xgap=1,
-                ygap=1,
-                hovertemplate="block %{customdata}<br>%{text}<extra></extra>",
-                name="blocks",
-            ),
-            row=1,
-            col=1,
-        )
+        hover = "block %{customdata}<br>%{text}<extra></extra>"
+        fig.add_trace(cell_grid(colours, KV_PAD, hover, "blocks"), row=1, col=1)
         fig.add_trace(
             go.Scatter(mode="markers", marker=dict(symbol="x-thin", size=7, line=dict(width=2, color="white")),
                        name="shared block", hoverinfo="skip"),

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from llmlab.engines.native.llama import LlamaModel
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
 
 
 def _target(model: LlamaModel, name: str) -> tuple[torch.Tensor, slice | None]:
