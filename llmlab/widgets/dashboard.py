@@ -19,7 +19,16 @@ from llmlab.widgets.views import KVView, LatencyView, ScheduleView
 if TYPE_CHECKING:
     from llmlab.run import Run
 
-KEY_CONFIG = ["policy", "block_size", "num_blocks", "max_num_batched_tokens", "max_num_seqs", "enable_prefix_caching"]
+KEY_CONFIG = [
+    "policy",
+    "weights",
+    "kv_dtype",
+    "block_size",
+    "num_blocks",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "enable_prefix_caching",
+]
 
 
 def header_html(run: Run) -> str:

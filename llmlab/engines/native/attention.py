@@ -4,6 +4,7 @@ The pool of one layer is a tensor [num_blocks * block_size, kv_heads, head_dim];
 block table says which blocks hold its tokens in order. Decodes (one query token each) are
 batched into one call over their gathered blocks; prefill chunks run one request at a time.
 This module is the swappable part: a fused paged kernel can replace `paged_attention`.
+The pool itself (and its fp8 / int8 formats) lives in kv_cache.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from llmlab.engines.native.kv_cache import LayerKV
 
 
 @dataclass
@@ -36,44 +39,43 @@ class AttentionMetadata:
     prefills: list[PrefillSpan] = field(default_factory=list)
 
 
-def gather_blocks(cache: torch.Tensor, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
-    """The K or V of the given blocks, in order: [..., num_blocks * block_size, kv_heads, head_dim]."""
-    blocks = cache.view(-1, block_size, *cache.shape[1:])
-    out = blocks.index_select(0, block_table.reshape(-1))
-    return out.view(*block_table.shape[:-1], -1, *cache.shape[1:])
-
-
 def paged_attention(
     q: torch.Tensor,  # [T, heads, head_dim]
     k: torch.Tensor,  # [T, kv_heads, head_dim]
     v: torch.Tensor,
-    k_cache: torch.Tensor,  # [slots, kv_heads, head_dim]
-    v_cache: torch.Tensor,
+    kv: LayerKV,  # this layer's pool (compute dtype, fp8 or int8; see kv_cache.py)
     meta: AttentionMetadata,
     block_size: int,
     scale: float,
 ) -> torch.Tensor:
-    """Store this step's K/V in the pool, then attend each query to its request's context."""
-    k_cache.index_copy_(0, meta.slot_mapping, k)
-    v_cache.index_copy_(0, meta.slot_mapping, v)
+    """Store this step's K/V in the pool, then attend each query to its request's context.
+
+    Every query sees K/V as the pool holds them: a fresh prompt, which attends to its own K/V
+    without reading the pool, gets them through the same quantize-dequantize round trip.
+    """
+    kv.write(meta.slot_mapping, k, v)
     out = torch.empty_like(q)
     gqa = q.shape[1] != k.shape[1]
     nd = meta.num_decodes
     if nd:
-        keys = gather_blocks(k_cache, meta.decode_block_tables, block_size).transpose(1, 2)
-        values = gather_blocks(v_cache, meta.decode_block_tables, block_size).transpose(1, 2)
+        keys, values = kv.read(meta.decode_block_tables, block_size)
         o = F.scaled_dot_product_attention(
-            q[:nd].unsqueeze(2), keys, values, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa
+            q[:nd].unsqueeze(2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=meta.decode_mask,
+            scale=scale,
+            enable_gqa=gqa,
         )
         out[:nd] = o.squeeze(2)
     for p in meta.prefills:
         rows = slice(p.row, p.row + p.num_tokens)
         qi = q[rows].transpose(0, 1).unsqueeze(0)
         if p.mask is None:  # a fresh prompt: its own K/V are the whole context
-            ki, vi = k[rows], v[rows]
+            ki, vi = kv.roundtrip(k[rows]), kv.roundtrip(v[rows])
         else:
-            ki = gather_blocks(k_cache, p.block_table.unsqueeze(0), block_size)[0, : p.mask.shape[1]]
-            vi = gather_blocks(v_cache, p.block_table.unsqueeze(0), block_size)[0, : p.mask.shape[1]]
+            ki, vi = kv.read(p.block_table.unsqueeze(0), block_size)
+            ki, vi = ki[0, : p.mask.shape[1]], vi[0, : p.mask.shape[1]]
         o = F.scaled_dot_product_attention(
             qi,
             ki.transpose(0, 1).unsqueeze(0),

@@ -12,10 +12,14 @@ from llmlab.core.records import Completion, EngineInfo, StepRecord
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.native.kv_cache import check_kv_dtype
 from llmlab.engines.native.loader import release_memory
+from llmlab.engines.native.memory import kv_pool_bytes, weight_bytes
+from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, check_weights
 from llmlab.engines.native.runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
+WEIGHT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}  # `weights` when not given: the compute dtype
 DEFAULT_KV_MEMORY_CPU = 256 * 2**20
 DEFAULT_MAX_MODEL_LEN = 8192
 
@@ -84,6 +88,9 @@ class NativeEngine(Engine):
         max_model_len: int | None = None,
         trace_kv_owners: bool = True,
         watermark: float = 0.01,
+        weights: str | None = None,
+        kv_dtype: str = "auto",
+        group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         super().__init__()
         from llmlab import __version__
@@ -99,6 +106,9 @@ class NativeEngine(Engine):
             )
         if kv_cache_memory is not None and kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory={kv_cache_memory}: give a positive number of bytes, e.g. 256 * 2**20")
+        if weights is not None:
+            check_weights(weights, group_size)
+        check_kv_dtype(kv_dtype)
         sched_cfg = SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -112,11 +122,16 @@ class NativeEngine(Engine):
             sched_cfg.max_model_len = max(2, min(sched_cfg.max_num_batched_tokens, DEFAULT_MAX_MODEL_LEN))
         sched_cfg.validate()  # the final check, with the model's context, follows below
         self.device = pick_device(device)
+        if dtype is None and weights in STORAGE_DTYPES:
+            dtype = STORAGE_DTYPES[weights]  # fp32 / bf16 weights compute in that dtype unless told otherwise
         self.dtype = pick_dtype(dtype, self.device)
+        self.weights = weights or WEIGHT_NAMES[self.dtype]
+        self.kv_dtype = kv_dtype
+        self.group_size = group_size
 
         spec = resolve(model)
         cfg = check_architecture(spec.path)
-        per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype)
+        per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype, kv_dtype)
         if num_blocks is None:
             budget = kv_cache_memory or self._default_kv_memory(spec.path)
             num_blocks = budget // per_block
@@ -140,7 +155,19 @@ class NativeEngine(Engine):
         self.eos_token_ids = eos_ids(spec.path, self.tokenizer)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
         self.scheduler = Scheduler(sched_cfg, self.blocks)
-        self.runner = ModelRunner(spec.path, cfg, block_size, num_blocks, self.dtype, self.device, max_model_len, seed)
+        self.runner = ModelRunner(
+            spec.path,
+            cfg,
+            block_size,
+            num_blocks,
+            self.dtype,
+            self.device,
+            max_model_len,
+            seed,
+            weights=self.weights,
+            kv_dtype=kv_dtype,
+            group_size=group_size,
+        )
         self.trace_kv_owners = trace_kv_owners
         self.requests: dict[str, Request] = {}
         dtype_name = str(self.dtype).removeprefix("torch.")
@@ -162,8 +189,10 @@ class NativeEngine(Engine):
                 "enable_prefix_caching": enable_prefix_caching,
                 "watermark": watermark,
                 "seed": seed,
-                "kv_dtype": dtype_name,
-                "weights": dtype_name,
+                "kv_dtype": dtype_name if kv_dtype == "auto" else kv_dtype,
+                "weights": self.weights,
+                "group_size": group_size if self.weights == "int4" else None,
+                "kv_bytes_per_block": per_block,
                 "tensor_parallel_size": 1,
                 "pipeline_parallel_size": 1,
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
@@ -253,6 +282,47 @@ class NativeEngine(Engine):
         return Completion(
             req.req_id, text, list(req.output_token_ids), req.finish_reason, req.prompt_token_ids, req.num_cached_tokens
         )
+
+    # measuring ---------------------------------------------------------------------------
+    def memory(self) -> dict[str, int | str]:
+        """What this engine holds, in bytes, counted from its tensors: weights by kind (linear
+        layers, their scales, embeddings, norms), the KV pool, bytes per block, blocks and tokens."""
+        self._check_open()
+        out: dict[str, int | str] = {"weights": self.weights, "kv_dtype": self.kv_dtype}
+        out.update(weight_bytes(self.runner.model))
+        out.update(kv_pool_bytes(self.runner.kv_caches))
+        out["kv_bytes_per_block"] = self.info.config["kv_bytes_per_block"]
+        out["num_blocks"] = self.blocks.num_blocks
+        out["block_size"] = self.blocks.block_size
+        out["kv_tokens"] = self.blocks.num_blocks * self.blocks.block_size
+        return out
+
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Float32 next-token logits [len(token_ids), vocab] at every position of one text, computed
+        through this engine's weights and KV pool (its quantization included). Needs an idle engine."""
+        self._check_open()
+        if len(token_ids) < 1:
+            raise ValueError("score() needs at least one token id")
+        limit = self.scheduler.config.max_model_len
+        if len(token_ids) > limit:
+            raise ValueError(f"{len(token_ids)} tokens exceed max_model_len={limit}: score shorter windows")
+        if not self._busy.acquire(blocking=False):
+            raise ValueError("the native engine is busy with a live run: call run.wait() or run.stop() on it first")
+        req = Request("__score__", list(token_ids), SamplingParams(max_tokens=1))
+        try:
+            if not self.blocks.allocate(req, len(token_ids)):
+                raise ValueError(
+                    f"{len(token_ids)} tokens need {self.blocks.blocks_for(len(token_ids))} KV blocks but "
+                    f"{self.blocks.num_free} are free: score shorter windows or launch with more num_blocks"
+                )
+            return self.runner.score(list(token_ids), req.block_ids)
+        finally:
+            self.blocks.free(req)
+            self._busy.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the native engine is closed: launch a new one with llmlab.launch('native')")
 
     def close(self) -> None:
         """Free the weights and the KV pool."""

@@ -51,7 +51,7 @@ class Attention(nn.Module):
         q = rotate(q.view(-1, self.num_heads, self.head_dim), cos, sin)
         k = rotate(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.block_size, self.scale)
+        o = paged_attention(q, k, v, kv_cache, meta, self.block_size, self.scale)
         return self.o_proj(o.reshape(x.shape[0], -1))
 
 

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from llmlab.engines.native.llama import LlamaModel
+from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, quantize_linears
 
 
 def _target(model: LlamaModel, name: str) -> tuple[torch.Tensor, slice | None]:
@@ -34,11 +35,24 @@ def _target(model: LlamaModel, name: str) -> tuple[torch.Tensor, slice | None]:
     return model.get_parameter(name), None
 
 
-def load_model(path: Path, cfg: dict, block_size: int, dtype: torch.dtype, device: torch.device) -> LlamaModel:
-    """Create the model without allocating twice, then copy every checkpoint tensor into place."""
+def load_model(
+    path: Path,
+    cfg: dict,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    weights: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> LlamaModel:
+    """Create the model without allocating twice, then copy every checkpoint tensor into place.
+
+    `weights` (see quant.py) is how the decoder's linear layers are stored; None or the compute
+    dtype's own name keeps plain linears. Other formats are quantized from float32 copies.
+    """
+    stored = weights is not None and STORAGE_DTYPES.get(weights) != dtype
     with torch.device("meta"):
         model = LlamaModel(cfg, block_size)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to_empty(device=device).to(torch.float32 if stored else dtype)
     if cfg.get("tie_word_embeddings", False):
         model.lm_head.weight = model.embed_tokens.weight
     files = sorted(Path(path).glob("*.safetensors"))
@@ -62,6 +76,10 @@ def load_model(path: Path, cfg: dict, block_size: int, dtype: torch.dtype, devic
             "it does not match its config.json (a partial download or an unsupported variant?)"
         )
     model.eval()
+    if stored:
+        quantize_linears(model, weights, dtype, group_size)
+        for p in model.parameters():  # embedding and norms: the compute dtype
+            p.data = p.data.to(dtype)
     model.pack_for_cpu()
     release_memory()
     return model

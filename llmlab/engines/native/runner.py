@@ -10,7 +10,9 @@ import torch
 from llmlab.core.request import Request
 from llmlab.core.scheduler import Batch, ScheduledRequest
 from llmlab.engines.native.attention import AttentionMetadata, PrefillSpan
+from llmlab.engines.native.kv_cache import LayerKV, kv_element_bytes
 from llmlab.engines.native.loader import load_model, rotary_tables
+from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE
 from llmlab.engines.native.sampler import sample
 
 
@@ -32,27 +34,31 @@ class ModelRunner:
         device: torch.device,
         max_model_len: int,
         seed: int = 0,
+        weights: str | None = None,
+        kv_dtype: str = "auto",
+        group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         self.cfg = cfg
         self.block_size = block_size
         self.device = device
         self.dtype = dtype
         self.seed = seed
-        self.model = load_model(path, cfg, block_size, dtype, device)
+        self.model = load_model(path, cfg, block_size, dtype, device, weights, group_size)
         self.cos, self.sin = rotary_tables(path, max_model_len, dtype, device)
         attn = self.model.layers[0].self_attn
-        shape = (num_blocks * block_size, attn.num_kv_heads, attn.head_dim)
+        slots = num_blocks * block_size
         self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in self.model.layers
+            LayerKV(kv_dtype, slots, attn.num_kv_heads, attn.head_dim, dtype, device) for _ in self.model.layers
         ]
         self.generators: dict[str, torch.Generator] = {}
 
     @staticmethod
-    def kv_bytes_per_block(cfg: dict, block_size: int, dtype: torch.dtype) -> int:
+    def kv_bytes_per_block(cfg: dict, block_size: int, dtype: torch.dtype, kv_dtype: str = "auto") -> int:
+        """Bytes one KV block takes over all layers, K and V, scales included."""
         heads = cfg.get("num_key_value_heads", cfg["num_attention_heads"])
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-        return 2 * cfg["num_hidden_layers"] * block_size * heads * head_dim * dtype.itemsize
+        per_value = kv_element_bytes(kv_dtype, dtype, head_dim)
+        return int(2 * cfg["num_hidden_layers"] * block_size * heads * head_dim * per_value)
 
     # inputs ------------------------------------------------------------------------------
     def _slots(self, req: Request, start: int, n: int) -> list[int]:
@@ -115,6 +121,21 @@ class ModelRunner:
         gens = [self._generator(r) for r in reqs]
         tokens = sample(logits, [r.params for r in reqs], gens)
         return {r.req_id: t for r, t in zip(reqs, tokens, strict=True)}
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int], block_ids: list[int]) -> torch.Tensor:
+        """Float32 logits [T, vocab] at every position of one prompt (row t predicts token t + 1),
+        computed as a fresh prefill into `block_ids`, the same path a request takes."""
+        bs = self.block_size
+        dev = self.device
+        n = len(token_ids)
+        slots = [block_ids[p // bs] * bs + p % bs for p in range(n)]
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev))
+        meta.prefills.append(PrefillSpan(0, n, 0, torch.tensor(block_ids, device=dev)))
+        pos = torch.arange(n, device=dev)
+        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
+        hidden = self.model(ids, self.cos[pos], self.sin[pos], self.kv_caches, meta)
+        return self.model.logits(hidden)
 
     def _generator(self, req: Request) -> torch.Generator | None:
         if req.params.greedy:

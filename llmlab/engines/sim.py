@@ -1,0 +1,341 @@
+"""The simulator: the core scheduler and block manager on a virtual clock, with modelled step times.
+
+It runs exactly the `Scheduler` and `BlockManager` the native engine runs, so its schedules
+(batches, preemptions, KV blocks) are the engine's by construction; only the time each step
+takes is predicted, by the cost model in `llmlab.plan.cost` or by a `step_time` callable.
+No text is generated: every sampled token is a placeholder id, EOS never stops a request
+and each one runs to its `max_tokens` (or the context limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from llmlab.core.blocks import BlockManager
+from llmlab.core.records import Completion, EngineInfo, Slot, StepRecord
+from llmlab.core.request import Request, SamplingParams
+from llmlab.core.scheduler import Scheduler, SchedulerConfig
+from llmlab.engines.base import Engine, EngineStep
+
+if TYPE_CHECKING:
+    from llmlab.run import Run
+    from llmlab.workloads import WorkItem
+
+StepTime = Callable[[list[Slot]], float]
+PLACEHOLDER_TOKEN = 0
+SYNTHETIC_VOCAB = 49152
+DEFAULT_MAX_MODEL_LEN = 8192
+OWNERS_AUTO_LIMIT = 4096  # record KV owners every step for pools up to this many blocks
+
+
+@cache
+def default_tokenizer() -> Any:
+    """The embedded SmolLM2 tokenizer: the simulator's token counter for text and corpus prompts."""
+    from llmlab.models import ensure_embedded, load_tokenizer
+
+    return load_tokenizer(ensure_embedded(progress=False))
+
+
+class ReplayStepTimes:
+    """A `step_time` that replays a measured run's step durations by step index.
+
+    With it the simulator repeats a real run's timeline, which isolates the scheduler: any
+    difference left between the two traces is a difference in scheduling.
+    """
+
+    def __init__(self, run: Run | Sequence[float]) -> None:
+        if hasattr(run, "trace"):
+            self.durations = [r.t_end - r.t_start for r in run.trace.step_records]
+        else:
+            self.durations = [float(d) for d in run]
+        if not self.durations:
+            raise ValueError("the run to replay has no steps: give a finished run with at least one step")
+        self.calls = 0
+
+    def __call__(self, slots: list[Slot]) -> float:
+        i = self.calls
+        self.calls += 1
+        if i >= len(self.durations):
+            raise ValueError(
+                f"step {i} has no measured duration: the replayed run had {len(self.durations)} steps; "
+                "replay it on the same workload and configuration"
+            )
+        return self.durations[i]
+
+
+class SimEngine(Engine):
+    """Predicts a serving run: real scheduling, modelled step times, simulated seconds.
+
+    `model` is a shape name, a local path or a config dict (see `llmlab.models.shapes.get_shape`),
+    `gpu` a catalogue name (`llmlab.plan.hardware`, "cpu" or None for this machine). The KV
+    pool holds what `memory_plan` leaves after weights and activations, unless `num_blocks`
+    is given. `efficiency` (or a calibration from `llmlab.plan.calibrate`) tunes the cost
+    model; `step_time(slots) -> seconds` replaces it altogether. Text prompts and corpus
+    prompts are counted with the embedded SmolLM2 tokenizer, whatever the model.
+    """
+
+    name = "sim"
+    virtual_clock = True
+
+    def __init__(
+        self,
+        model: Any = "smollm2-135m",
+        gpu: str | None = None,
+        num_gpus: int | None = None,
+        tp: int | None = None,
+        pp: int = 1,
+        weights: str | None = None,
+        kv_dtype: str | None = None,
+        policy: str = "chunked",
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        enable_chunked_prefill: bool = True,
+        enable_prefix_caching: bool = True,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        efficiency: Any = None,
+        calibration: Any = None,
+        step_time: StepTime | None = None,
+        trace_kv_owners: bool | None = None,
+        watermark: float = 0.01,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        from llmlab import __version__
+
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise ValueError(f"block_size={block_size!r}: must be a positive number of tokens per block, e.g. 16")
+        if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
+            raise ValueError(f"num_blocks={num_blocks!r}: the KV pool needs at least one block; leave it None")
+        if step_time is not None and not callable(step_time):
+            raise ValueError(f"step_time={step_time!r}: give a callable slots -> seconds, or None for the cost model")
+        if efficiency is not None and calibration is not None:
+            raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
+        tp, pp = _parallelism(num_gpus, tp, pp)
+        self._tokenizer = tokenizer
+        self.clock = 0.0
+        self.requests: dict[str, Request] = {}
+
+        shape = hw = plan = None
+        gpu_name = "given step_time"
+        if step_time is None or num_blocks is None:
+            from llmlab.models.shapes import get_shape
+            from llmlab.plan.hardware import get_hardware
+            from llmlab.plan.memory import make_shard
+
+            shape = get_shape(model)
+            hw = get_hardware(gpu or "cpu")
+            gpu_name = hw.name
+            if weights is None:
+                weights = "fp32" if hw.kind == "cpu" else "bf16"
+            make_shard(shape, tp, pp)  # a tp or pp that does not split the model fails here, with the fix
+        weights = weights or "bf16"
+        kv_dtype = kv_dtype or ("bf16" if weights == "int4" else weights)  # no int4 KV cache: int4 models keep bf16
+        ctx = getattr(shape, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
+        if max_model_len is None:
+            max_model_len = min(ctx, DEFAULT_MAX_MODEL_LEN)
+            if not enable_chunked_prefill and policy not in ("static", "splitfuse"):
+                max_model_len = min(max_model_len, max_num_batched_tokens)
+        elif shape is not None and max_model_len > ctx:
+            raise ValueError(
+                f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
+            )
+        sched_cfg = SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_chunked_prefill=enable_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
+            policy=policy,
+            watermark=watermark,
+            max_model_len=max_model_len,
+        )
+        sched_cfg.validate()
+
+        if num_blocks is None:
+            from llmlab.plan.memory import memory_plan
+
+            plan = memory_plan(
+                shape,
+                hw,
+                weights=weights,
+                kv_dtype=kv_dtype,
+                tp=tp,
+                pp=pp,
+                block_size=block_size,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+            )
+            if not plan.fits or plan.kv_blocks < 1:
+                raise ValueError(
+                    f"{shape.name} with weights={weights} does not fit {tp * pp} x {hw.name} at tp={tp}, pp={pp}: "
+                    f"short by {plan.shortfall_bytes / 1e9:.2f} GB per GPU; use more GPUs (tp or pp), "
+                    "smaller weights (fp8, int4) or a GPU with more memory"
+                )
+            num_blocks = int(plan.kv_blocks)
+        if step_time is None:
+            from llmlab.plan.cost import CostModel
+
+            eff = calibration if calibration is not None else efficiency
+            eff = getattr(eff, "efficiency", eff)  # a fitted CostModel or Calibration carries one
+            self.cost_model = CostModel(shape, hw, weights=weights, kv_dtype=kv_dtype, tp=tp, pp=pp, efficiency=eff)
+            step_time = self.cost_model.step_time
+        else:
+            self.cost_model = None
+        self.step_time = step_time
+        self.shape, self.hardware, self.memory = shape, hw, plan
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
+        self.scheduler = Scheduler(sched_cfg, self.blocks)
+        self.trace_kv_owners = num_blocks <= OWNERS_AUTO_LIMIT if trace_kv_owners is None else bool(trace_kv_owners)
+        model_name = getattr(shape, "name", None) or str(model)
+        device = gpu_name if tp * pp == 1 else f"{tp * pp} x {gpu_name}"
+        self.info = EngineInfo(
+            engine="sim",
+            version=__version__,
+            model=model_name,
+            device=device,
+            dtype=weights,
+            config={
+                "policy": policy,
+                "block_size": block_size,
+                "num_blocks": num_blocks,
+                "kv_cache_bytes": getattr(plan, "kv_bytes", None),
+                "max_num_seqs": max_num_seqs,
+                "max_num_batched_tokens": max_num_batched_tokens,
+                "max_model_len": max_model_len,
+                "enable_chunked_prefill": enable_chunked_prefill,
+                "enable_prefix_caching": enable_prefix_caching,
+                "watermark": watermark,
+                "kv_dtype": kv_dtype,
+                "weights": weights,
+                "tensor_parallel_size": tp,
+                "pipeline_parallel_size": pp,
+                "gpu": gpu_name,
+                "num_gpus": tp * pp,
+                "step_time": "cost model" if self.cost_model is not None else _describe(step_time),
+                "efficiency": _efficiency_dict(getattr(self.cost_model, "efficiency", None)),
+            },
+            views={"schedule": "exact", "kv": "exact", "latency": "predicted"},
+        )
+
+    # tokens ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:  # type: ignore[override]
+        """Loaded on first use: workloads given as token ids never need it."""
+        if self._tokenizer is None:
+            self._tokenizer = default_tokenizer()
+        return self._tokenizer
+
+    def encode(self, item: WorkItem) -> list[int]:
+        """Token ids as given; a text prompt through the tokenizer; a corpus window (`prompt_len`)
+        as ids `offset, offset + 1, ...` that need no tokenizer and share prefixes exactly when
+        the real windows do (same offset), which is all the prefix cache looks at."""
+        if item.prompt is None:
+            return window_ids(item.corpus_offset, item.prompt_len)
+        if not isinstance(item.prompt, str):
+            return [int(t) for t in item.prompt]
+        return super().encode(item)
+
+    # virtual clock -----------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock
+
+    def advance_to(self, t: float) -> None:
+        self.clock = max(self.clock, t)
+
+    # requests ----------------------------------------------------------------------------
+    def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if req_id in self.requests:
+            raise ValueError(f"request id {req_id!r} is already running on this engine: use a new id")
+        self.scheduler.check(Request(req_id, prompt_token_ids, params))
+
+    def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        req = Request(req_id, prompt_token_ids, params)  # no EOS ids: placeholder tokens never stop it
+        self.scheduler.add(req)
+        self.requests[req_id] = req
+
+    def abort(self, req_id: str) -> None:
+        self.scheduler.abort(req_id)
+        self.requests.pop(req_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # the step ----------------------------------------------------------------------------
+    def step(self) -> EngineStep:
+        sched = self.scheduler
+        batch = sched.schedule()
+        if not batch:
+            raise RuntimeError(
+                f"nothing could be scheduled with {len(sched.waiting)} waiting and {len(sched.running)} running "
+                "requests: the KV pool or token budget is too small for the next request"
+            )
+        slots = batch.slots()
+        seconds = float(self.step_time(slots))
+        if not seconds >= 0.0:
+            raise ValueError(f"step_time returned {seconds!r} seconds for step of {len(slots)} slots: must be >= 0")
+        self.clock += seconds
+        sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
+        finished = sched.update(batch, sampled)
+        record = StepRecord(
+            step=0,
+            t_start=0.0,
+            t_end=0.0,
+            batch=slots,
+            waiting=len(sched.waiting),
+            running=len(sched.running),
+            admitted=batch.admitted,
+            preempted=batch.preempted,
+            finished=[r.req_id for r in finished],
+            kv=self.blocks.snapshot(sched.running, owners=self.trace_kv_owners),
+            prefix_hit_tokens=batch.prefix_hit_tokens,
+        )
+        completions = [self._complete(r) for r in finished]
+        return EngineStep(record, dict.fromkeys(sampled, 1), completions)
+
+    def _complete(self, req: Request) -> Completion:
+        self.requests.pop(req.req_id, None)
+        return Completion(
+            req.req_id, "", req.output_token_ids, req.finish_reason, req.prompt_token_ids, req.num_cached_tokens
+        )
+
+    def __repr__(self) -> str:
+        return f"<sim engine: {self.info.model} on {self.info.device}, {self.info.dtype}>"
+
+
+def window_ids(offset: int, length: int, vocab: int = SYNTHETIC_VOCAB) -> list[int]:
+    """`length` consecutive ids from `offset`, wrapping at `vocab`: a stand-in for a corpus window."""
+    start = offset % vocab
+    if start + length <= vocab:
+        return list(range(start, start + length))
+    return [(start + i) % vocab for i in range(length)]
+
+
+def _parallelism(num_gpus: int | None, tp: int | None, pp: int) -> tuple[int, int]:
+    """Tensor and pipeline sizes from the knobs: tp defaults to num_gpus / pp."""
+    if not isinstance(pp, int) or pp < 1:
+        raise ValueError(f"pp={pp!r}: pipeline parallel size must be an int >= 1")
+    if tp is None:
+        tp = 1 if num_gpus is None else num_gpus // pp
+    if not isinstance(tp, int) or tp < 1:
+        raise ValueError(f"tp={tp!r}: tensor parallel size must be an int >= 1")
+    if num_gpus is not None and tp * pp != num_gpus:
+        raise ValueError(f"num_gpus={num_gpus} but tp={tp} x pp={pp} = {tp * pp}: make tp * pp equal num_gpus")
+    return tp, pp
+
+
+def _describe(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _efficiency_dict(eff: Any) -> dict[str, float] | None:
+    if eff is None:
+        return None
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(eff) if is_dataclass(eff) else None

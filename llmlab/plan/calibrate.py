@@ -1,0 +1,279 @@
+"""Calibration: fit the cost model's efficiency factors and per-step overhead to a measured run,
+then check the fit honestly by simulating other workloads and comparing with measured runs.
+
+The cost model prices each operator group as max(compute time, memory time). For every step of
+the measured run we split each group into its compute part and its memory part (at efficiency 1),
+decide which side binds, and solve a non-negative least-squares problem
+
+    measured step time = overhead + per_token x tokens + per_seq x requests
+                         + (1 / compute) x compute-bound seconds + (1 / memory) x memory-bound seconds
+
+repeating until the binding sides stop changing. Network and pipeline terms stay as modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from llmlab.plan.cost import GROUPS, CostModel, Efficiency, step_load
+
+if TYPE_CHECKING:
+    from llmlab.run import Run
+    from llmlab.workloads import Workload
+
+COMPUTE_GROUPS = ("qkv_o", "mlp", "attention", "lm_head")
+HUGE = 1e12  # an efficiency this large makes one side of every roofline vanish
+METRICS = {
+    "throughput (output tok/s)": "output_tok_s",
+    "TTFT p50 (s)": "ttft_p50",
+    "TTFT p90 (s)": "ttft_p90",
+    "ITL p50 (s)": "itl_p50",
+}
+
+
+@dataclass
+class Calibration:
+    """A cost model whose efficiency was fitted to a measured run, and how well it fits that run."""
+
+    cost_model: CostModel
+    num_steps: int
+    median_step_error: float  # median |predicted - measured| / measured over the fitted steps
+    source: str  # which run it was fitted to
+
+    @property
+    def efficiency(self) -> Efficiency:
+        return self.cost_model.efficiency
+
+    def step_time(self, slots: Any) -> float:
+        return self.cost_model.step_time(slots)
+
+    def __repr__(self) -> str:
+        e = self.efficiency
+        return (
+            f"<Calibration on {self.num_steps} steps of {self.source}: compute={e.compute:.3g}, "
+            f"memory={e.memory:.3g}, overhead={e.overhead_s * 1e3:.3g} ms/step, "
+            f"per_token={e.per_token_s * 1e6:.3g} us, "
+            f"per_seq={e.per_seq_s * 1e6:.3g} us; median step error {self.median_step_error:.1%}>"
+        )
+
+
+def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Efficiency | None = None) -> CostModel:
+    """The cost model of the hardware, model, dtypes and parallelism a run used (from its EngineInfo)."""
+    from llmlab.plan.hardware import get_hardware
+
+    info = run.info
+    cfg = info.config
+    device = str(info.device)
+    if gpu is None:
+        if info.engine == "sim":
+            gpu = cfg.get("gpu") or "cpu"
+        elif device.startswith("cuda"):
+            raise ValueError(
+                f"the run used {device}: say which GPU it is, e.g. calibrate(run, gpu='H100-SXM') "
+                "(see llmlab.plan.hardware.HARDWARE)"
+            )
+        else:
+            gpu = "cpu"
+    weights = _dtype_name(cfg.get("weights") or info.dtype)
+    kv_dtype = _dtype_name(cfg.get("kv_dtype") or weights)
+    return CostModel(
+        model or info.model,
+        get_hardware(gpu),
+        weights=weights,
+        kv_dtype=kv_dtype,
+        tp=int(cfg.get("tensor_parallel_size") or 1),
+        pp=int(cfg.get("pipeline_parallel_size") or 1),
+        efficiency=efficiency,
+    )
+
+
+def _dtype_name(name: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(name), str(name))
+
+
+def _parts(cm: CostModel, base: Efficiency, loads: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step and group: compute seconds and memory seconds at efficiency 1, and the fixed rest."""
+    zero_host = {"overhead_s": 0.0, "per_token_s": 0.0, "per_seq_s": 0.0}
+    compute_only = replace(base, compute=1.0, memory=HUGE, **zero_host)
+    memory_only = replace(base, compute=HUGE, memory=1.0, **zero_host)
+    comp = np.zeros((len(loads), len(GROUPS)))
+    mem = np.zeros_like(comp)
+    try:
+        cm.efficiency = compute_only
+        for i, load in enumerate(loads):
+            comp[i] = list(cm.breakdown(load).values())
+        cm.efficiency = memory_only
+        for i, load in enumerate(loads):
+            mem[i] = list(cm.breakdown(load).values())
+    finally:
+        cm.efficiency = base
+    fixed_cols = [GROUPS.index(g) for g in ("allreduce", "pipeline")]
+    fixed = comp[:, fixed_cols].sum(axis=1)  # network terms do not depend on compute or memory
+    keep = [GROUPS.index(g) for g in GROUPS if g not in ("allreduce", "pipeline", "overhead")]
+    return comp[:, keep], mem[:, keep], fixed
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a handful of columns: the best unconstrained fit over every
+    subset of columns whose coefficients all come out >= 0 (exact, and cheap for <= 8 columns)."""
+    n = a.shape[1]
+    best, best_res = np.zeros(n), float(np.sum(b**2))
+    for mask in range(1, 1 << n):
+        cols = [j for j in range(n) if mask >> j & 1]
+        sol = np.linalg.lstsq(a[:, cols], b, rcond=None)[0]
+        if (sol < 0).any():
+            continue
+        res = float(np.sum((a[:, cols] @ sol - b) ** 2))
+        if res < best_res:
+            best, best_res = np.zeros(n), res
+            best[cols] = sol
+    return best
+
+
+def calibrate(
+    run: Run,
+    gpu: Any = None,
+    model: Any = None,
+    base: Efficiency | None = None,
+    skip_first: int = 1,
+    iterations: int = 8,
+) -> Calibration:
+    """Fit compute and memory efficiency, per-step, per-token and per-request overhead to `run`'s steps.
+
+    `gpu` names the hardware for a GPU run ("cpu" runs use the measured local CPU); `model` overrides
+    the shape (default: the run's model). The first `skip_first` steps (warm-up) are left out.
+    Returns a `Calibration`; pass it to `llmlab.launch("sim", calibration=...)` or `validate`.
+    """
+    records = [r for r in run.trace.step_records if r.batch][skip_first:]
+    if len(records) < 5:
+        raise ValueError(
+            f"the run has {len(records)} usable steps: calibrate needs at least 5; run a workload with more steps"
+        )
+    cm = cost_model_for(run, gpu, model)
+    base = base or cm.efficiency
+    loads = [step_load(r.batch) for r in records]
+    measured = np.array([r.t_end - r.t_start for r in records])
+    comp, mem, fixed = _parts(cm, base, loads)
+    tokens = np.array([ld.tokens for ld in loads], dtype=float)
+    seqs = np.array([ld.seqs for ld in loads], dtype=float)
+    inv_c, inv_m = 1.0 / base.compute, 1.0 / base.memory
+    target = measured - fixed
+    weights = 1.0 / np.maximum(measured, 1e-6)  # fit relative errors: short and long steps count alike
+    coef = np.zeros(5)
+    for _ in range(iterations):
+        compute_bound = comp * inv_c >= mem * inv_m
+        xc = np.where(compute_bound, comp, 0.0).sum(axis=1)
+        xm = np.where(compute_bound, 0.0, mem).sum(axis=1)
+        features = np.column_stack([np.ones_like(tokens), tokens, seqs, xc, xm])
+        coef = nnls(features * weights[:, None], target * weights)
+        new_c = coef[3] if coef[3] > 0 else inv_c  # a side that never binds keeps its prior factor
+        new_m = coef[4] if coef[4] > 0 else inv_m
+        if np.isclose(new_c, inv_c) and np.isclose(new_m, inv_m):
+            break
+        inv_c, inv_m = new_c, new_m
+    eff = replace(
+        base,
+        overhead_s=float(coef[0]),
+        per_token_s=float(coef[1]),
+        per_seq_s=float(coef[2]),
+        compute=float(1.0 / inv_c),
+        memory=float(1.0 / inv_m),
+    )
+    cm.efficiency = eff
+    predicted = np.array([cm.step_time(r.batch) for r in records])
+    error = float(np.median(np.abs(predicted - measured) / measured))
+    name = f"{run.info.engine} {run.info.model} on {run.info.device}"
+    return Calibration(cm, len(records), error, name)
+
+
+def workload_of(run: Run) -> Workload:
+    """The workload a run served, rebuilt from its trace: arrivals, prompt token ids, output lengths."""
+    from llmlab.workloads import WorkItem, Workload
+
+    items = []
+    for r in run.trace.request_records.values():
+        out = run.trace.outputs.get(r.req_id)
+        prompt = list(out.prompt_token_ids) if out is not None and out.prompt_token_ids else None
+        items.append(
+            WorkItem(
+                r.req_id,
+                arrival=r.arrival,
+                prompt=prompt,
+                prompt_len=None if prompt else r.prompt_tokens,
+                max_tokens=max(1, r.output_tokens),
+                ignore_eos=True,
+            )
+        )
+    return Workload(f"replay of {run.info.engine} run", items)
+
+
+SIM_KNOBS = (
+    "policy",
+    "block_size",
+    "num_blocks",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_model_len",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "watermark",
+)
+
+
+def simulate_like(run: Run, model: Any = None, workload: Workload | None = None, gpu: Any = None) -> Run:
+    """Simulate `run`'s workload on its configuration with a cost `model` (Calibration, CostModel or Efficiency)."""
+    import llmlab
+
+    cfg = run.info.config
+    knobs = {k: cfg[k] for k in SIM_KNOBS if cfg.get(k) is not None}
+    if isinstance(model, Calibration):
+        model = model.cost_model
+    if not isinstance(model, CostModel):
+        model = cost_model_for(run, gpu, efficiency=model)
+    sim = llmlab.launch("sim", step_time=model.step_time, **knobs)
+    sim.info.model, sim.info.device, sim.info.dtype = model.shape.name, model.hw.name, model.weights
+    result = sim.run(workload if workload is not None else workload_of(run))
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def compare(measured: Run, predicted: Run) -> pd.DataFrame:
+    """Predicted next to measured for throughput, TTFT p50/p90 and ITL p50, with the relative error."""
+    m, p = measured.summary(), predicted.summary()
+    rows = []
+    for label, key in METRICS.items():
+        rows.append({"metric": label, "measured": m[key], "predicted": p[key], "error": p[key] / m[key] - 1.0})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def validate(
+    run: Run,
+    model: Any = None,
+    workload: Workload | None = None,
+    gpu: Any = None,
+    show: bool = True,
+) -> pd.DataFrame:
+    """Simulate `run`'s workload with `model` and print predicted vs measured with the error of each.
+
+    `model`: a `Calibration`, a `CostModel` or an `Efficiency` (default: the uncalibrated cost
+    model). `workload`: what the run served (default: rebuilt from the trace, open loop at the
+    recorded arrivals). Returns the table (metric x measured, predicted, error).
+    """
+    table = compare(run, simulate_like(run, model, workload, gpu))
+    if show:
+        print(format_table(table))
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The validation table as aligned text, errors in percent."""
+    out = table.copy()
+    out["error"] = out["error"].map(lambda v: f"{v:+.1%}")
+    for col in ("measured", "predicted"):
+        out[col] = out[col].map(lambda v: f"{v:.4g}")
+    return out.to_string()

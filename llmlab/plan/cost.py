@@ -1,0 +1,369 @@
+"""Step-time model: a roofline per operator group, efficiency factors, communication and overhead.
+
+Each group's time is the larger of its compute time (flops / (peak rate x compute efficiency))
+and its memory time (bytes / (bandwidth x memory efficiency)):
+
+- `qkv_o`: the attention projections; `mlp`: gate/up/down (MoE: the routed experts, reading only
+  the experts some token picked); weights read once per step, so decode is memory-bound.
+- `attention`: scores and values over the KV cache: 4 x head_dim x heads flops per query-key pair,
+  and every KV token of every scheduled request read once.
+- `elementwise`: norms, rotary embedding, activation function: memory traffic only.
+- `lm_head`: logits for every scheduled request (one row each).
+- `allreduce` (tp > 1): two per layer (after attention and after the MLP), ring algorithm:
+  2 (tp-1)/tp x bytes / interconnect, plus a fixed latency each. With expert parallel (ep > 1,
+  MoE) the MLP's all-reduce becomes an all-to-all dispatch and combine: each token's hidden
+  state goes to its experts_per_token experts, (ep-1)/ep of them on other GPUs, and back.
+- `overhead`: host time per step (scheduling, input preparation, sampling launch).
+
+Quantization changes bytes moved and the rate: fp8 weights use the fp8 tensor rate where the
+hardware has one (W8A8); int8, int4 and fp8 without an fp8 path are weight-only: the bf16 rate,
+with a dequantization penalty on the compute time. Pipeline parallel (pp > 1) splits the step
+into min(pp, requests) micro-batches run as a synchronous pipeline, so it pays the bubble
+(pp - 1 stage slots) and a point-to-point hop per stage boundary.
+
+`step_time` is called ~10^5 times per simulated workload, so it loops over slots once and does
+the rest with a few multiplications; a simulator that keeps the totals itself calls `time_for`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from llmlab.models.shapes import ModelShape, get_shape
+from llmlab.plan.hardware import Hardware, get_hardware
+from llmlab.plan.memory import (
+    WEIGHT_BYTES,
+    check_dtypes,
+    kv_bytes_per_token,
+    linear_bytes,
+    make_shard,
+    unquantized_dtype,
+)
+
+GROUPS = ("qkv_o", "mlp", "attention", "elementwise", "lm_head", "allreduce", "pipeline", "overhead")
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """How close kernels come to the datasheet, plus the fixed costs a roofline misses.
+
+    `compute` and `memory` scale peak rate and bandwidth; `attention` further scales attention
+    kernels (paged KV reads are slower than dense ones); `network` scales the interconnect;
+    `dequant` is the extra compute time fraction of weight-only quantized matmuls. Frozen: make a
+    changed copy with `dataclasses.replace(eff, compute=0.5)` and assign it to `CostModel.efficiency`.
+    """
+
+    compute: float = 0.7
+    memory: float = 0.8
+    overhead_s: float = 5e-4  # per step
+    per_token_s: float = 0.0  # per scheduled token (host-side input preparation)
+    per_seq_s: float = 0.0  # per scheduled request (block tables, sampling)
+    attention: float = 1.0
+    network: float = 0.7
+    comm_latency_s: float = 1e-5  # per collective or pipeline hop
+    dequant: float = 0.2
+
+    @classmethod
+    def for_hardware(cls, hw: Hardware) -> Efficiency:
+        """Defaults for a GPU (kernels reach ~70% of peak flops, ~80% of bandwidth, as measured on an
+        H100 decode step) or for the measured local CPU (its rates are already achieved rates)."""
+        if hw.kind == "cpu":
+            return cls(compute=0.9, memory=0.9, overhead_s=2e-3, attention=0.5, dequant=1.0)
+        return cls()
+
+    def __post_init__(self) -> None:
+        for name in ("compute", "memory", "attention", "network"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"Efficiency.{name}={value!r} must be a positive fraction of peak, e.g. 0.7")
+        for name in ("overhead_s", "per_token_s", "per_seq_s", "comm_latency_s", "dequant"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"Efficiency.{name}={value!r} must be >= 0")
+
+
+class StepLoad(NamedTuple):
+    """What a step asks of the model, summed over its slots.
+
+    tokens: tokens computed; seqs: requests scheduled (one logits row each); kv_read: KV tokens
+    read by attention (each slot's context_len); attn_pairs: query-key pairs (a decode slot adds its
+    context_len, a prefill chunk of n tokens ending at context c adds n*c - n*(n-1)/2).
+    """
+
+    tokens: int
+    seqs: int
+    kv_read: int
+    attn_pairs: float
+
+
+def step_load(slots: Iterable[Any]) -> StepLoad:
+    """Sum `slots` (objects with .phase, .num_tokens, .context_len, e.g. core Slot) into a StepLoad."""
+    tokens = seqs = kv_read = 0
+    pairs = 0.0
+    for slot in slots:
+        n, c = slot.num_tokens, slot.context_len
+        tokens += n
+        seqs += 1
+        kv_read += c
+        pairs += c if n == 1 else n * c - n * (n - 1) / 2
+    return StepLoad(tokens, seqs, kv_read, pairs)
+
+
+class _Stage(NamedTuple):
+    """Per-GPU constants of one pipeline stage, precomputed so a step costs a few multiplications."""
+
+    layers: int
+    attn_proj_flops: float  # per token
+    attn_proj_bytes: float  # weights per step
+    mlp_flops: float  # per token (routed experts only)
+    mlp_fixed_bytes: float  # dense MLP weights (or MoE router), read every step
+    expert_bytes: float  # all experts on this GPU (MoE), read in proportion to experts touched
+    attn_act_bytes: float  # activation traffic of the attention projections per token
+    mlp_act_bytes: float  # activation traffic of the MLP per token
+    pair_flops: float  # attention flops per query-key pair
+    kv_bytes: float  # KV bytes per token on this GPU
+    elementwise_bytes: float  # per token
+    lm_flops: float  # per logits row (0 off the last stage)
+    lm_bytes: float  # LM head weights (0 off the last stage)
+    logits_bytes: float  # per logits row
+    allreduce_bytes: float  # per token, all all-reduces and all-to-alls of the stage
+    collectives: int  # all-reduces and all-to-alls per step on this stage (each pays a latency)
+
+
+class CostModel:
+    """Predicts the wall time of one engine step of `shape` on `hw` from what the step computes."""
+
+    def __init__(
+        self,
+        shape: ModelShape | str,
+        hw: Hardware | str,
+        weights: str = "bf16",
+        kv_dtype: str = "bf16",
+        tp: int = 1,
+        pp: int = 1,
+        efficiency: Efficiency | None = None,
+        ep: int = 1,
+        group_size: int = 128,
+    ) -> None:
+        self.shape, self.hw = get_shape(shape), get_hardware(hw)
+        kv_dtype = check_dtypes(weights, kv_dtype)
+        self.weights, self.kv_dtype, self.tp, self.pp, self.ep = weights, kv_dtype, tp, pp, ep
+        self.shard = make_shard(self.shape, tp, pp, ep)
+        if (tp > 1 or pp > 1) and self.hw.interconnect <= 0:
+            raise ValueError(
+                f"{self.hw.name} has no GPU-to-GPU interconnect in the catalogue, so tp={tp} pp={pp} cannot be "
+                "costed: use tp=1 pp=1, or register hardware with interconnect > 0"
+            )
+        self.act = unquantized_dtype(weights)
+        self.weight_only = weights in ("int8", "int4") or (weights == "fp8" and self.hw.rate("fp8") <= 0)
+        self.linear_rate = self.hw.rate("fp8") if weights == "fp8" and not self.weight_only else self._rate(self.act)
+        self.attention_rate = self._rate(self.act)
+        self.stages = [self._stage(i, layers, group_size) for i, layers in enumerate(self.shard.stage_layers)]
+        s = self.shape
+        self._miss = 1.0 - s.experts_per_token / s.num_experts if s.is_moe else 1.0  # P(a token skips an expert)
+        self._spread = ep / tp if ep > 1 else 1.0  # tokens reaching a GPU's experts per local token
+        self.efficiency = efficiency or Efficiency.for_hardware(self.hw)
+
+    def _rate(self, dtype: str) -> float:
+        """The hardware's rate for `dtype`, falling back to bf16 then fp32 where it has none."""
+        for candidate in (dtype, "bf16", "fp32"):
+            if self.hw.rate(candidate) > 0:
+                return self.hw.rate(candidate)
+        raise ValueError(f"{self.hw.name} lists no fp32 or bf16 rate: register it with flops={{'bf16': ...}}")
+
+    def _stage(self, index: int, layers: int, group_size: int) -> _Stage:
+        s, sh = self.shape, self.shard
+        h, hd, act = s.hidden_size, s.head_dim, WEIGHT_BYTES[self.act]
+        mats = sh.linear_matrices(experts=0 if s.is_moe else None)  # attention (+ dense MLP)
+        attn_elems = sum(i * o * c for i, o, c in mats[:3])
+        total_linear = linear_bytes(sh, layers, self.weights, group_size)
+        all_elems = sh.linear_elements_per_layer()
+        bytes_per_elem = total_linear / (layers * all_elems)  # includes quantization scales
+        attn_bytes = attn_elems * bytes_per_elem * layers
+        mlp_elems_one = 3 * h * sh.intermediate  # one (sharded) MLP
+        if s.is_moe:
+            routed = s.experts_per_token * 3 * h * s.intermediate_size / self.tp  # per token, see memory docs
+            mlp_fixed = layers * h * s.num_experts * act  # router
+            expert_bytes = layers * sh.experts * mlp_elems_one * bytes_per_elem
+            mlp_flops = 2 * routed * layers
+        else:
+            mlp_fixed = layers * mlp_elems_one * bytes_per_elem
+            expert_bytes = 0.0
+            mlp_flops = 2 * mlp_elems_one * layers
+        q, kv = sh.q_heads * hd, sh.kv_heads * hd
+        inter = sh.intermediate * (max(1, s.experts_per_token) if s.is_moe else 1)
+        last = index == len(sh.stage_layers) - 1
+        ring = h * act * 2 * (self.tp - 1) / self.tp  # bytes per token through one ring all-reduce
+        allreduces = 0 if self.tp == 1 else 1 if self.ep > 1 else 2
+        alltoall = 2 * h * act * s.experts_per_token * (self.ep - 1) / self.ep / self.tp if self.ep > 1 else 0.0
+        lm_bytes_weights = sh.vocab * h * act if last else 0.0
+        return _Stage(
+            layers=layers,
+            attn_proj_flops=2 * attn_elems * layers,
+            attn_proj_bytes=attn_bytes,
+            mlp_flops=mlp_flops,
+            mlp_fixed_bytes=mlp_fixed,
+            expert_bytes=expert_bytes,
+            attn_act_bytes=layers * act * (h + (q + 2 * kv) + q + h),  # qkv in/out, o in/out
+            mlp_act_bytes=layers * act * (h + 2 * inter + inter + h),  # gate_up in/out, down in/out
+            pair_flops=4 * hd * sh.q_heads * layers,
+            kv_bytes=kv_bytes_per_token(sh, layers, self.kv_dtype),
+            elementwise_bytes=layers * act * (8 * h + 2 * (q + kv) + 3 * inter),
+            lm_flops=2 * h * sh.vocab if last else 0.0,
+            lm_bytes=lm_bytes_weights,
+            logits_bytes=sh.vocab * 4 if last else 0.0,
+            allreduce_bytes=layers * (allreduces * ring + alltoall),
+            collectives=layers * (allreduces + (2 if alltoall else 0)),
+        )
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def step_time(self, slots: Iterable[Any]) -> float:
+        """Seconds one step over `slots` (each with .phase, .num_tokens, .context_len) takes."""
+        return self.time_for(*step_load(slots))
+
+    def time_for(self, tokens: int, seqs: int, kv_read: int, attn_pairs: float) -> float:
+        """Seconds for a step with these totals (see StepLoad); the simulator's fast path (~2 us)."""
+        if tokens <= 0:
+            return 0.0
+        if self.pp > 1:
+            return self._host(tokens, seqs) + self._pipeline(tokens, seqs, kv_read, attn_pairs)[0]
+        a1, b1, c1, a2, b2, c2, x2, a3, d3, e4, a5, b5, c5, a6, b6 = self._coeffs[0]
+        mlp_bytes = b2 + c2 * tokens
+        if x2:
+            mlp_bytes += x2 * (1.0 - self._miss ** (tokens * self._spread))
+        lin = a1 * tokens
+        qkv_o = lin if lin > b1 + c1 * tokens else b1 + c1 * tokens
+        lin = a2 * tokens
+        mlp = lin if lin > mlp_bytes else mlp_bytes
+        lin, mem = a3 * attn_pairs, d3 * (kv_read + tokens)
+        attention = lin if lin > mem else mem
+        lin, mem = a5 * seqs, b5 + c5 * seqs
+        lm_head = lin if lin > mem else mem
+        allreduce = a6 * tokens + b6
+        return self._host(tokens, seqs) + qkv_o + mlp + attention + e4 * tokens + lm_head + allreduce
+
+    def _host(self, tokens: float, seqs: float) -> float:
+        e = self._efficiency
+        return e.overhead_s + e.per_token_s * tokens + e.per_seq_s * seqs
+
+    def _pipeline(self, tokens: int, seqs: int, kv_read: int, attn_pairs: float) -> tuple[float, float]:
+        """(pipeline time, bubble + hop part of it) for pp > 1: m micro-batches through pp stages."""
+        m = max(1, min(self.pp, seqs))
+        per = [sum(self._groups(c, tokens / m, seqs / m, kv_read / m, attn_pairs / m)) for c in self._coeffs]
+        e = self._efficiency
+        hop_bytes = (tokens / m) * self.shape.hidden_size * WEIGHT_BYTES[self.act]
+        hop = hop_bytes / (self.hw.interconnect * e.network) + e.comm_latency_s
+        total = sum(per) + (m - 1) * max(per) + (self.pp - 1) * hop
+        return total, total - m * sum(per) / self.pp
+
+    def _groups(self, coeffs: tuple[float, ...], tokens: float, seqs: float, kv_read: float, attn_pairs: float):
+        """Times of qkv_o, mlp, attention, elementwise, lm_head and allreduce on one stage (general path)."""
+        a1, b1, c1, a2, b2, c2, x2, a3, d3, e4, a5, b5, c5, a6, b6 = coeffs
+        mlp_bytes = b2 + c2 * tokens
+        if x2:
+            mlp_bytes += x2 * (1.0 - self._miss ** (tokens * self._spread))
+        return (
+            max(a1 * tokens, b1 + c1 * tokens),
+            max(a2 * tokens, mlp_bytes),
+            max(a3 * attn_pairs, d3 * (kv_read + tokens)),
+            e4 * tokens,
+            max(a5 * seqs, b5 + c5 * seqs),
+            a6 * tokens + b6,
+        )
+
+    @property
+    def efficiency(self) -> Efficiency:
+        """The efficiency factors in use; assign a new Efficiency to change them (calibration does)."""
+        return self._efficiency
+
+    @efficiency.setter
+    def efficiency(self, value: Efficiency) -> None:
+        if not isinstance(value, Efficiency):
+            raise ValueError(f"efficiency must be an Efficiency, got {type(value).__name__}")
+        self._efficiency = value
+        self._coeffs = [self._coefficients(st, value) for st in self.stages]
+
+    def _coefficients(self, st: _Stage, e: Efficiency) -> tuple[float, ...]:
+        """Fold rates, bandwidth and efficiencies into per-unit seconds, so a step is a few multiply-adds."""
+        flops_rate = self.linear_rate * e.compute / (1.0 + e.dequant if self.weight_only else 1.0)
+        bw = self.hw.bandwidth * e.memory
+        attn_rate = self.attention_rate * e.compute * e.attention
+        link = self.hw.interconnect * e.network
+        return (
+            st.attn_proj_flops / flops_rate,
+            st.attn_proj_bytes / bw,
+            st.attn_act_bytes / bw,
+            st.mlp_flops / flops_rate,
+            st.mlp_fixed_bytes / bw,
+            st.mlp_act_bytes / bw,
+            st.expert_bytes / bw,
+            st.pair_flops / attn_rate,
+            st.kv_bytes / (bw * e.attention),
+            st.elementwise_bytes / bw,
+            st.lm_flops / (self.attention_rate * e.compute),
+            st.lm_bytes / bw,
+            st.logits_bytes / bw,
+            st.allreduce_bytes / link if st.allreduce_bytes else 0.0,
+            st.collectives * e.comm_latency_s,
+        )
+
+    # ---- conveniences -----------------------------------------------------------------------
+
+    def decode_time(self, batch: int, context_len: int) -> float:
+        """Seconds for one decode step of `batch` requests that each hold `context_len` tokens."""
+        if batch < 1 or context_len < 1:
+            raise ValueError(f"batch={batch!r} and context_len={context_len!r} must be positive")
+        return self.time_for(batch, batch, batch * context_len, float(batch * context_len))
+
+    def prefill_time(self, num_tokens: int, context_len: int | None = None, batch: int = 1) -> float:
+        """Seconds to prefill `num_tokens` new tokens for each of `batch` requests.
+
+        `context_len` is the KV length after the chunk (default `num_tokens`: a fresh prompt).
+        """
+        context_len = num_tokens if context_len is None else context_len
+        if num_tokens < 1 or context_len < num_tokens or batch < 1:
+            raise ValueError(
+                f"num_tokens={num_tokens!r} must be >= 1 and context_len={context_len!r} >= num_tokens, batch >= 1"
+            )
+        pairs = num_tokens * context_len - num_tokens * (num_tokens - 1) / 2
+        return self.time_for(batch * num_tokens, batch, batch * context_len, batch * pairs)
+
+    def breakdown(self, slots: Iterable[Any] | StepLoad) -> dict[str, float]:
+        """Seconds per operator group for one step (summed over pipeline stages), for teaching and plots.
+
+        With pp > 1 the groups are summed over stages for one micro-batch pass; `pipeline` holds
+        the bubble and hops that the synchronous pipeline adds.
+        """
+        load = slots if isinstance(slots, StepLoad) else step_load(slots)
+        out = dict.fromkeys(GROUPS, 0.0)
+        if load.tokens <= 0:
+            return out
+        m = 1 if self.pp == 1 else max(1, min(self.pp, load.seqs))
+        for coeffs in self._coeffs:
+            parts = self._groups(coeffs, load.tokens / m, load.seqs / m, load.kv_read / m, load.attn_pairs / m)
+            for name, value in zip(GROUPS, parts, strict=False):
+                out[name] += value * m / self.pp if self.pp > 1 else value
+        if self.pp > 1:
+            out["pipeline"] = self._pipeline(*load)[1]
+        out["overhead"] = self._host(load.tokens, load.seqs)
+        return out
+
+    def decode_bound_tokens_per_s(self, batch: int, context_len: int) -> float:
+        """Output tokens per second of a steady decode at `batch` x `context_len` (no prefill)."""
+        return batch / self.decode_time(batch, context_len)
+
+    def __repr__(self) -> str:
+        return (
+            f"CostModel({self.shape.name!r}, {self.hw.name!r}, weights={self.weights!r}, "
+            f"kv_dtype={self.kv_dtype!r}, tp={self.tp}, pp={self.pp}, efficiency={self.efficiency})"
+        )
+
+
+def slots_for(phase: str, num_tokens: int, context_len: int, count: int = 1) -> list[Any]:
+    """`count` identical slot-like records, for quick what-ifs without a scheduler."""
+    from llmlab.core.records import Slot
+
+    return [Slot(req_id=str(i), phase=phase, num_tokens=num_tokens, context_len=context_len) for i in range(count)]
