@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from llmlab.core.blocks import BlockManager
-from llmlab.core.records import Phase, Slot
+from llmlab.core.records import Phase, Slot, StepRecord
 from llmlab.core.request import Request, Status
 
 
@@ -135,6 +135,34 @@ class Scheduler:
     # the step ----------------------------------------------------------------------------
     def schedule(self) -> Batch:
         return self.policy.schedule(self)
+
+    def next_batch(self) -> Batch:
+        """`schedule()` for an executor: an empty batch while requests remain is an error naming the cause."""
+        batch = self.schedule()
+        if not batch:
+            raise RuntimeError(
+                f"nothing could be scheduled with {len(self.waiting)} waiting and {len(self.running)} running "
+                "requests: the KV pool or token budget is too small for the next request"
+            )
+        return batch
+
+    def record(
+        self, batch: Batch, finished: list[Request], owners: bool = True, slots: list[Slot] | None = None
+    ) -> StepRecord:
+        """The trace's record of a computed step; the session stamps its index and times."""
+        return StepRecord(
+            step=0,
+            t_start=0.0,
+            t_end=0.0,
+            batch=batch.slots() if slots is None else slots,
+            waiting=len(self.waiting),
+            running=len(self.running),
+            admitted=batch.admitted,
+            preempted=batch.preempted,
+            finished=[r.req_id for r in finished],
+            kv=self.blocks.snapshot(self.running, owners=owners),
+            prefix_hit_tokens=batch.prefix_hit_tokens,
+        )
 
     def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
         """Advance requests by the computed tokens, append sampled ones; return those that finished."""

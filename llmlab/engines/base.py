@@ -15,6 +15,19 @@ if TYPE_CHECKING:
     from llmlab.workloads import WorkItem, Workload
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps the load's transient copies otherwise, and on a
+    small machine (a 2 GB notebook server) that is the difference between fitting and not."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 @dataclass
 class EngineStep:
     """One step's result. The session stamps `record` with the step index and times."""

@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from llmlab.core.blocks import BlockManager
-from llmlab.core.records import Completion, EngineInfo, Slot, StepRecord
+from llmlab.core.records import Completion, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
@@ -269,12 +269,7 @@ class SimEngine(Engine):
     # the step ----------------------------------------------------------------------------
     def step(self) -> EngineStep:
         sched = self.scheduler
-        batch = sched.schedule()
-        if not batch:
-            raise RuntimeError(
-                f"nothing could be scheduled with {len(sched.waiting)} waiting and {len(sched.running)} running "
-                "requests: the KV pool or token budget is too small for the next request"
-            )
+        batch = sched.next_batch()
         slots = batch.slots()
         seconds = float(self.step_time(slots))
         if not seconds >= 0.0:
@@ -282,19 +277,7 @@ class SimEngine(Engine):
         self.clock += seconds
         sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
         finished = sched.update(batch, sampled)
-        record = StepRecord(
-            step=0,
-            t_start=0.0,
-            t_end=0.0,
-            batch=slots,
-            waiting=len(sched.waiting),
-            running=len(sched.running),
-            admitted=batch.admitted,
-            preempted=batch.preempted,
-            finished=[r.req_id for r in finished],
-            kv=self.blocks.snapshot(sched.running, owners=self.trace_kv_owners),
-            prefix_hit_tokens=batch.prefix_hit_tokens,
-        )
+        record = sched.record(batch, finished, owners=self.trace_kv_owners, slots=slots)
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, dict.fromkeys(sampled, 1), completions)
 

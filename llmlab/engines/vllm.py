@@ -17,7 +17,7 @@ from typing import Any
 
 from llmlab.core.records import Completion, EngineInfo, KVSnapshot, Slot, StepRecord
 from llmlab.core.request import SamplingParams
-from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.base import Engine, EngineStep, release_memory
 
 SUPPORTED_VERSIONS = ("0.32.", "0.33.")
 """vLLM releases whose scheduler internals this adapter reads (0.32 verified on CPU)."""
@@ -408,9 +408,6 @@ class VLLMEngine(Engine):
             self.scheduler = None
             self.engine = None  # type: ignore[assignment]
             self.llm = None
-            gc.collect()
-            from llmlab.engines.native.loader import release_memory
-
             release_memory()
 
 

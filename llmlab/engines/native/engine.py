@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 
 from llmlab.core.blocks import BlockManager
-from llmlab.core.records import Completion, EngineInfo, StepRecord
+from llmlab.core.records import Completion, EngineInfo
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
-from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.base import Engine, EngineStep, release_memory
 from llmlab.engines.native.kv_cache import check_kv_dtype
-from llmlab.engines.native.loader import release_memory
 from llmlab.engines.native.memory import kv_pool_bytes, weight_bytes
 from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, check_weights
 from llmlab.engines.native.runner import ModelRunner
@@ -240,31 +239,14 @@ class NativeEngine(Engine):
     # the step ----------------------------------------------------------------------------
     def step(self) -> EngineStep:
         sched = self.scheduler
-        batch = sched.schedule()
-        if not batch:
-            raise RuntimeError(
-                f"nothing could be scheduled with {len(sched.waiting)} waiting and {len(sched.running)} running "
-                "requests: the KV pool or token budget is too small for the next request"
-            )
+        batch = sched.next_batch()
         sampled = self.runner.execute(batch)
         finished = sched.update(batch, sampled)
         for req_id in sampled:
             req = self.requests[req_id]
             if not req.is_finished and req.params.stop and self._hit_stop_string(req):
                 finished.append(sched.finish(req, "stop"))
-        record = StepRecord(
-            step=0,
-            t_start=0.0,
-            t_end=0.0,
-            batch=batch.slots(),
-            waiting=len(sched.waiting),
-            running=len(sched.running),
-            admitted=batch.admitted,
-            preempted=batch.preempted,
-            finished=[r.req_id for r in finished],
-            kv=self.blocks.snapshot(sched.running, owners=self.trace_kv_owners),
-            prefix_hit_tokens=batch.prefix_hit_tokens,
-        )
+        record = sched.record(batch, finished, owners=self.trace_kv_owners)
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, {rid: 1 for rid in sampled}, completions)
 

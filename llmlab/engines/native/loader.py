@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from llmlab.engines.base import release_memory
 from llmlab.engines.native.llama import LlamaModel
 from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, quantize_linears
 
@@ -83,19 +84,6 @@ def load_model(
     model.pack_for_cpu()
     release_memory()
     return model
-
-
-def release_memory() -> None:
-    """Hand freed memory back to the OS: glibc keeps the load's transient copies otherwise, and on a
-    small machine (a 2 GB notebook server) that is the difference between fitting and not."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def rotary_tables(
