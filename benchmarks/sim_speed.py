@@ -1,8 +1,12 @@
 """How fast the simulator predicts a long trace: the Azure conversation trace (first N requests)
 on Llama-3.1-8B, one H100, bf16, timed in phases, against the 3-second target for 10,000 requests.
 
-    python benchmarks/sim_speed.py            # 10,000 requests
-    python benchmarks/sim_speed.py --n 1000   # a quicker look
+Side by side in the same process, on the first `--compare-n` requests: stepping one step at a
+time against fast-forwarding steady decode runs (the traces are checked equal), and prefix
+caching on against off (hashing every block is the simulator's largest fixed cost).
+
+    python benchmarks/sim_speed.py                 # 10,000 requests, then the comparisons
+    python benchmarks/sim_speed.py --n 1000 --compare-n 500   # a quicker look
 """
 
 from __future__ import annotations
@@ -16,36 +20,37 @@ TARGET_S = 3.0
 TARGET_N = 10_000
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=TARGET_N)
-    p.add_argument("--model", default="llama-3.1-8b")
-    p.add_argument("--gpu", default="H100-SXM")
-    p.add_argument("--owners", action="store_true", help="record KV block owners every step")
-    args = p.parse_args()
-
+def simulate(n: int, model: str, gpu: str, **knobs) -> tuple[llmlab.Run, float, float, float]:
+    """(run, workload seconds, launch seconds, run seconds)."""
     t0 = time.perf_counter()
-    wl = llmlab.workloads.from_trace("azure_conv", n=args.n)
+    wl = llmlab.workloads.from_trace("azure_conv", n=n)
     t1 = time.perf_counter()
     eng = llmlab.launch(
-        "sim",
-        model=args.model,
-        gpu=args.gpu,
-        max_model_len=16384,
-        max_num_seqs=256,
-        max_num_batched_tokens=2048,
-        trace_kv_owners=args.owners,
+        "sim", model=model, gpu=gpu, max_model_len=16384, max_num_seqs=256, max_num_batched_tokens=2048, **knobs
     )
     t2 = time.perf_counter()
     run = eng.run(wl)
     t3 = time.perf_counter()
     if run.error is not None:
         raise run.error
+    return run, t1 - t0, t2 - t1, t3 - t2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=TARGET_N)
+    p.add_argument("--compare-n", type=int, default=2000, help="requests in the side-by-side runs (0: skip)")
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--gpu", default="H100-SXM")
+    p.add_argument("--owners", action="store_true", help="record KV block owners every step (no fast-forward)")
+    args = p.parse_args()
+
+    run, t_wl, t_launch, t_run = simulate(args.n, args.model, args.gpu, trace_kv_owners=args.owners)
     s = run.summary()
-    total = t3 - t0
-    print(f"azure_conv, {args.n} requests, {args.model} on {args.gpu}: {len(run.steps):,} steps simulated")
-    print(f"  workload {t1 - t0:6.2f} s   launch {t2 - t1:6.2f} s   run {t3 - t2:6.2f} s   total {total:6.2f} s")
-    print(f"  {args.n / total:,.0f} requests/s, {len(run.steps) / (t3 - t2):,.0f} steps/s")
+    total = t_wl + t_launch + t_run
+    print(f"azure_conv, {args.n} requests, {args.model} on {args.gpu}: {len(run.trace):,} steps simulated")
+    print(f"  workload {t_wl:6.2f} s   launch {t_launch:6.2f} s   run {t_run:6.2f} s   total {total:6.2f} s")
+    print(f"  {args.n / total:,.0f} requests/s, {len(run.trace) / t_run:,.0f} steps/s")
     print(
         f"  predicted: {s['duration_s']:,.0f} simulated s, {s['output_tok_s']:,.0f} output tok/s, "
         f"TTFT p50 {s['ttft_p50'] * 1e3:.1f} ms, ITL p50 {s['itl_p50'] * 1e3:.2f} ms"
@@ -53,6 +58,19 @@ def main() -> None:
     scaled = total * TARGET_N / args.n
     ratio = scaled / TARGET_S
     print(f"  target: {TARGET_N:,} requests in {TARGET_S:.0f} s; at this pace {scaled:.1f} s = {ratio:.1f}x the target")
+    if args.compare_n <= 0:
+        return
+
+    n = args.compare_n
+    print(f"\nside by side, first {n:,} requests (run time only):")
+    stepped, _, _, t_step = simulate(n, args.model, args.gpu, trace_kv_owners=False, fast_forward=False)
+    fast, _, _, t_fast = simulate(n, args.model, args.gpu, trace_kv_owners=False)
+    same = [r.to_dict() for r in stepped.trace.step_records] == [r.to_dict() for r in fast.trace.step_records]
+    print(f"  step by step   {t_step:6.2f} s   {stepped.trace.num_records:,} records")
+    print(f"  fast-forward   {t_fast:6.2f} s   {fast.trace.num_records:,} records (decode runs compacted)")
+    print(f"  speed-up {t_step / t_fast:.1f}x; traces identical: {same}")
+    _, _, _, t_nocache = simulate(n, args.model, args.gpu, trace_kv_owners=False, enable_prefix_caching=False)
+    print(f"  prefix caching off: {t_nocache:6.2f} s, {t_fast / t_nocache:.2f}x the time with it on")
 
 
 if __name__ == "__main__":

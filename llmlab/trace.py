@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmlab.core.records import Completion, EngineInfo, RequestRecord, StepRecord
+from llmlab.core.records import Completion, DecodeRun, EngineInfo, RequestRecord, StepRecord
 
 FORMAT_VERSION = 1
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -58,15 +58,19 @@ class Trace:
         outputs: dict[str, Completion] | None = None,
     ) -> None:
         self.info = info
-        self.step_records: list[StepRecord] = list(step_records or [])
+        self._entries: list[StepRecord | DecodeRun] = list(step_records or [])  # in step order
+        self._num_steps = len(self._entries)
+        self._expanded: list[StepRecord] = []  # step_records, expanded up to _expanded_upto entries
+        self._expanded_upto = 0
         self.request_records: dict[str, RequestRecord] = dict(request_records or {})
         self.outputs: dict[str, Completion] = dict(outputs or {})
         self._lock = threading.Lock()
 
-    def add_step(self, rec: StepRecord) -> None:
-        """Append one scheduler step."""
+    def add_step(self, rec: StepRecord | DecodeRun) -> None:
+        """Append one scheduler step, or a `DecodeRun` of several."""
         with self._lock:
-            self.step_records.append(rec)
+            self._entries.append(rec)
+            self._num_steps += rec.num_steps if isinstance(rec, DecodeRun) else 1
 
     def add_request(self, rec: RequestRecord) -> None:
         """Add (or replace, by req_id) a request's record; insertion order is kept."""
@@ -78,57 +82,52 @@ class Trace:
         with self._lock:
             self.outputs[c.req_id] = c
 
-    def _snapshot(self) -> tuple[list[StepRecord], list[RequestRecord], list[Completion]]:
+    @property
+    def step_records(self) -> list[StepRecord]:
+        """Every step as a `StepRecord` (compact `DecodeRun`s expanded once, on first read)."""
+        with self._lock:
+            for entry in self._entries[self._expanded_upto :]:
+                if isinstance(entry, DecodeRun):
+                    self._expanded.extend(entry.expand())
+                else:
+                    self._expanded.append(entry)
+            self._expanded_upto = len(self._entries)
+            return list(self._expanded)
+
+    def _snapshot(self) -> tuple[list[StepRecord | DecodeRun], list[RequestRecord], list[Completion]]:
         with self._lock:
             return (
-                list(self.step_records),
+                list(self._entries),
                 list(self.request_records.values()),
                 list(self.outputs.values()),
             )
 
     def __len__(self) -> int:
-        return len(self.step_records)
+        return self._num_steps
+
+    @property
+    def num_records(self) -> int:
+        """Step records as stored: a `DecodeRun` counts once, however many steps it covers."""
+        return len(self._entries)
 
     def __repr__(self) -> str:
         i = self.info
-        return (
-            f"Trace({i.engine} {i.model} on {i.device}: {len(self.step_records)} steps, "
-            f"{len(self.request_records)} requests)"
-        )
+        return f"Trace({i.engine} {i.model} on {i.device}: {len(self)} steps, {len(self.request_records)} requests)"
 
     # ---- DataFrame views -------------------------------------------------------------
 
     @property
     def steps(self) -> pd.DataFrame:
         """One row per scheduler step: batch make-up, queue lengths and KV pool use."""
-        rows = []
-        for r in self._snapshot()[0]:
-            kv = r.kv
-            rows.append(
-                {
-                    "step": r.step,
-                    "t_start": r.t_start,
-                    "t_end": r.t_end,
-                    "duration": r.t_end - r.t_start,
-                    "batch_size": len(r.batch),
-                    "prefill_tokens": r.prefill_tokens,
-                    "decode_tokens": r.decode_tokens,
-                    "num_prefill_reqs": sum(s.phase == "prefill" for s in r.batch),
-                    "num_decode_reqs": sum(s.phase == "decode" for s in r.batch),
-                    "waiting": r.waiting,
-                    "running": r.running,
-                    "admitted": len(r.admitted),
-                    "preempted": len(r.preempted),
-                    "finished": len(r.finished),
-                    "kv_used": kv.used if kv else None,
-                    "kv_cached": kv.cached if kv else None,
-                    "kv_free": kv.free if kv else None,
-                    "kv_total": kv.num_blocks if kv else None,
-                    "prefix_hit_tokens": r.prefix_hit_tokens,
-                    "source": r.source,
-                }
-            )
-        return _frame(rows, STEP_COLUMNS, {"source": "str"})
+        entries = self._snapshot()[0]
+        if not entries:
+            return _frame([], STEP_COLUMNS, {"source": "str"})
+        parts = [_step_columns(group) for group in _runs_of_kind(entries)]
+        df = (
+            pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True) if len(parts) > 1 else pd.DataFrame(parts[0])
+        )
+        df["duration"] = df["t_end"] - df["t_start"]
+        return df[STEP_COLUMNS]
 
     @property
     def requests(self) -> pd.DataFrame:
@@ -147,18 +146,34 @@ class Trace:
     @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
-        rows = [
-            {
-                "step": r.step,
-                "req_id": s.req_id,
-                "phase": s.phase,
-                "num_tokens": s.num_tokens,
-                "context_len": s.context_len,
-            }
-            for r in self._snapshot()[0]
-            for s in r.batch
-        ]
-        return _frame(rows, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
+        parts: list[pd.DataFrame] = []
+        rows: list[tuple[int, str, str, int, int]] = []
+        for e in self._snapshot()[0]:
+            if isinstance(e, DecodeRun):
+                if rows:
+                    parts.append(pd.DataFrame(rows, columns=SLOT_COLUMNS))
+                    rows = []
+                k, n = e.num_steps, len(e.req_ids)
+                j = np.repeat(np.arange(k), n)
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "step": e.step + j,
+                            "req_id": np.tile(np.asarray(e.req_ids, dtype=object), k),
+                            "phase": "decode",
+                            "num_tokens": 1,
+                            "context_len": np.tile(np.asarray(e.context_lens), k) + j,
+                        }
+                    )
+                )
+            else:
+                rows.extend((e.step, s.req_id, s.phase, s.num_tokens, s.context_len) for s in e.batch)
+        if rows:
+            parts.append(pd.DataFrame(rows, columns=SLOT_COLUMNS))
+        if not parts:
+            return _frame([], SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
+        df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return df.astype({"step": "int64", "num_tokens": "int64", "context_len": "int64"})
 
     @property
     def itl(self) -> pd.DataFrame:
@@ -201,7 +216,8 @@ class Trace:
         return path
 
     def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        steps, reqs, outs = self._snapshot()
+        _, reqs, outs = self._snapshot()
+        steps = self.step_records
         for kind, recs in (("step", steps), ("request", reqs), ("output", outs)):
             for rec in recs:
                 yield kind, rec.to_dict()
@@ -260,6 +276,85 @@ def _suffix(path: Path) -> str:
         f"{path}: unsupported trace file suffix {''.join(path.suffixes) or '(none)'!r}; "
         f"use one of {', '.join(SUFFIXES)}"
     )
+
+
+def _runs_of_kind(entries: list[StepRecord | DecodeRun]) -> Iterator[list[StepRecord] | DecodeRun]:
+    """Consecutive StepRecords grouped in lists; each DecodeRun on its own."""
+    group: list[StepRecord] = []
+    for e in entries:
+        if isinstance(e, DecodeRun):
+            if group:
+                yield group
+                group = []
+            yield e
+        else:
+            group.append(e)
+    if group:
+        yield group
+
+
+def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
+    """The steps frame's columns (all but duration) for StepRecords or one DecodeRun."""
+    if isinstance(entries, DecodeRun):
+        e, k = entries, entries.num_steps
+        n = len(e.req_ids)
+        last = np.zeros(k, dtype="int64")
+        last[-1] = len(e.finished)
+        used = np.asarray(e.kv_used, dtype="float64")
+        cached = np.asarray(e.kv_cached, dtype="float64")
+        zeros = np.zeros(k, dtype="int64")
+        return {
+            "step": e.step + np.arange(k),
+            "t_start": np.concatenate(([e.t_start], e.t_ends[:-1])),
+            "t_end": np.asarray(e.t_ends, dtype="float64"),
+            "batch_size": np.full(k, n),
+            "prefill_tokens": zeros,
+            "decode_tokens": np.full(k, n),
+            "num_prefill_reqs": zeros,
+            "num_decode_reqs": np.full(k, n),
+            "waiting": zeros,
+            "running": n - last,
+            "admitted": zeros,
+            "preempted": zeros,
+            "finished": last,
+            "kv_used": used,
+            "kv_cached": cached,
+            "kv_free": e.num_blocks - used - cached,
+            "kv_total": np.full(k, float(e.num_blocks)),
+            "prefix_hit_tokens": zeros,
+            "source": np.full(k, "exact", dtype=object),
+        }
+    recs = entries
+    kvs = [r.kv for r in recs]
+    has_kv = all(kv is not None for kv in kvs)
+
+    def kv_col(attr: str) -> list[float | None]:
+        if has_kv:
+            return [getattr(kv, attr) for kv in kvs]
+        return [getattr(kv, attr) if kv is not None else None for kv in kvs]
+
+    num_prefill = [sum(s.phase == "prefill" for s in r.batch) for r in recs]
+    return {
+        "step": [r.step for r in recs],
+        "t_start": [r.t_start for r in recs],
+        "t_end": [r.t_end for r in recs],
+        "batch_size": [len(r.batch) for r in recs],
+        "prefill_tokens": [r.prefill_tokens for r in recs],
+        "decode_tokens": [r.decode_tokens for r in recs],
+        "num_prefill_reqs": num_prefill,
+        "num_decode_reqs": [len(r.batch) - p for r, p in zip(recs, num_prefill, strict=True)],
+        "waiting": [r.waiting for r in recs],
+        "running": [r.running for r in recs],
+        "admitted": [len(r.admitted) for r in recs],
+        "preempted": [len(r.preempted) for r in recs],
+        "finished": [len(r.finished) for r in recs],
+        "kv_used": np.asarray(kv_col("used"), dtype="float64"),
+        "kv_cached": np.asarray(kv_col("cached"), dtype="float64"),
+        "kv_free": np.asarray(kv_col("free"), dtype="float64"),
+        "kv_total": np.asarray(kv_col("num_blocks"), dtype="float64"),
+        "prefix_hit_tokens": [r.prefix_hit_tokens for r in recs],
+        "source": [r.source for r in recs],
+    }
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:

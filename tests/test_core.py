@@ -70,11 +70,15 @@ def drive(s: Scheduler, reqs: list[Request], max_steps=10_000):
 
 
 def test_chain_hashes_depend_on_the_whole_prefix():
-    a = chain_hashes([1, 2, 3, 4, 5, 6, 7, 8, 9], 4)
-    b = chain_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4)
+    a = chain_hashes(Request("a", [1, 2, 3, 4, 5, 6, 7, 8, 9]), 4)
+    b = chain_hashes(Request("b", [9, 2, 3, 4, 5, 6, 7, 8]), 4)
     assert len(a) == 2 and len(b) == 2
     assert a[1] != b[1]  # same second block, different parent
-    assert chain_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4, a[:1]) == a
+    assert chain_hashes(Request("c", [1, 2, 3, 4, 5, 6, 7, 8]), 4, a[:1]) == a
+    # a prompt given as a range, with outputs appended, hashes as the same tokens in a list
+    r = Request("r", range(1, 7))
+    r.output_token_ids += [7, 8, 9]
+    assert chain_hashes(r, 4) == a
 
 
 def test_prefix_blocks_are_shared_and_counted():

@@ -4,11 +4,14 @@ virtual clock must place arrivals and steps where the step times say."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 import llmlab
 from llmlab import workloads
 from llmlab.engines.sim import ReplayStepTimes, SimEngine
+from llmlab.session import Session
+from llmlab.trace import Trace
 
 KNOBS = dict(block_size=8, num_blocks=24, max_num_batched_tokens=64, max_num_seqs=8, max_model_len=512)
 
@@ -197,3 +200,78 @@ def test_a_request_too_big_for_the_pool_is_refused_before_the_run():
 
 def test_is_a_sim_engine():
     assert isinstance(llmlab.launch("sim", step_time=lambda s: 0.0, num_blocks=4), SimEngine)
+
+
+def _ff_pair(wl, **knobs):
+    """The same workload simulated step by step and with decode runs fast-forwarded."""
+    out = []
+    for ff in (False, True):
+        eng = llmlab.launch("sim", fast_forward=ff, trace_kv_owners=False, **knobs)
+        run = eng.run(wl)
+        assert run.error is None
+        out.append((eng, run))
+    return out
+
+
+def _pool_state(eng) -> tuple:
+    b = eng.blocks
+    return list(b.free_queue), dict(b.cached), sorted(b.cached_free), [(x.ref_count, x.hash) for x in b.blocks]
+
+
+SMALL = dict(model="smollm2-135m", gpu="H100-SXM", max_num_batched_tokens=64, max_model_len=256, max_num_seqs=16)
+
+
+@pytest.mark.parametrize("policy", ["chunked", "prefill_first", "splitfuse", "static"])
+@pytest.mark.parametrize("pool", [dict(block_size=16), dict(block_size=4, num_blocks=40)])
+def test_fast_forward_records_the_same_trace_as_stepping(policy, pool):
+    wl = workloads.poisson(rate=50, n=40, prompt_len=(8, 40), output_len=(4, 60), seed=1)
+    (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, policy=policy, **SMALL, **pool)
+    assert any(type(e).__name__ == "DecodeRun" for e in fast.trace._entries)  # it did fast-forward
+    assert len(fast.trace._entries) < len(slow.trace._entries)
+    assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert [r.to_dict() for r in fast.trace.request_records.values()] == [
+        r.to_dict() for r in slow.trace.request_records.values()
+    ]
+    pd.testing.assert_frame_equal(fast.steps, slow.steps)
+    pd.testing.assert_frame_equal(fast.slots, slow.slots)
+    assert _pool_state(fast_eng) == _pool_state(slow_eng)  # same blocks, hashes and LRU order
+    if pool.get("num_blocks") and policy != "static":
+        assert slow.summary()["preemptions"] > 0
+
+
+@pytest.mark.parametrize("num_blocks", [None, 30, 17])
+def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, monkeypatch):
+    # identical prompts admitted together compute the same blocks: duplicates wait to register,
+    # and a small pool evicts cached prefixes during the decode runs; here commits touch the same
+    # prefixes, so the decode runs must take the step-by-step block path
+    stepwise = []
+    original = SimEngine._advance_blocks_stepwise
+    monkeypatch.setattr(
+        SimEngine, "_advance_blocks_stepwise", lambda self, *a: stepwise.append(1) or original(self, *a)
+    )
+    prompts = [list(range(1, 14))] * 6 + [[1, 2, 3, 4, 5, 6, 7, 8, 20, 21]] * 3
+    wl = workloads.fixed(prompts, max_tokens=50)
+    knobs = dict(model="smollm2-135m", gpu="H100-SXM", block_size=4, max_model_len=128)
+    if num_blocks:
+        knobs["num_blocks"] = num_blocks
+    (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, **knobs)
+    assert stepwise
+    assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert _pool_state(fast_eng) == _pool_state(slow_eng)
+
+
+def test_fast_forward_closed_loop_and_live_subscribers_see_every_step(tmp_path):
+    wl = workloads.concurrency(4, 30, prompt_len=(8, 40), output_len=(4, 60), seed=2)
+    knobs = dict(model="smollm2-135m", gpu="H100-SXM", block_size=8, num_blocks=50, max_model_len=128)
+    (_, slow), _ = _ff_pair(wl, **knobs)
+    eng = llmlab.launch("sim", trace_kv_owners=False, **knobs)
+    session = Session(eng, wl)
+    seen = []
+    session.run.subscribe(seen.append)  # as a live dashboard does: it must get every step
+    run = session.start(live=True).wait()
+    assert run.error is None
+    assert any(type(e).__name__ == "DecodeRun" for e in run.trace._entries)
+    assert [r.to_dict() for r in run.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert [r.to_dict() for r in seen] == [r.to_dict() for r in slow.trace.step_records]
+    back = Trace.load(run.save(tmp_path / "ff.jsonl"))  # a file holds every step, expanded
+    assert [r.to_dict() for r in back.step_records] == [r.to_dict() for r in slow.trace.step_records]

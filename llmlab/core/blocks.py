@@ -23,12 +23,14 @@ class Block:
         self.hash: int | None = None
 
 
-def chain_hashes(token_ids: list[int], block_size: int, start: list[int] | None = None) -> list[int]:
-    """Hashes of every full block of `token_ids`, each chained from the one before it."""
-    hashes = list(start or [])
+def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) -> list[int]:
+    """Hashes of every full block of `req`'s tokens, each chained from the one before it;
+    `start`, the hashes already known for its leading blocks, is extended in place."""
+    hashes = [] if start is None else start
     parent = hashes[-1] if hashes else 0
-    for i in range(len(hashes) * block_size, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, *token_ids[i : i + block_size]))
+    tokens = req.token_ids
+    for i in range(len(hashes) * block_size, req.num_tokens - block_size + 1, block_size):
+        parent = hash((parent, *tokens(i, i + block_size)))
         hashes.append(parent)
     return hashes
 
@@ -54,6 +56,7 @@ class BlockManager:
         self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
         # req_id -> (leading blocks already committed, blocks whose hash another block holds: re-check)
         self._committed: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.pending_duplicates: set[str] = set()  # ids of requests with such blocks
 
     # counts ------------------------------------------------------------------------------
     @property
@@ -89,7 +92,7 @@ class BlockManager:
     def _request_hashes(self, req: Request) -> list[int]:
         known = self._hashes.get(req.req_id)
         if known is None or len(known) < req.num_tokens // self.block_size:
-            known = chain_hashes(req.all_token_ids, self.block_size, known)
+            known = chain_hashes(req, self.block_size, known)
             self._hashes[req.req_id] = known
         return known
 
@@ -101,17 +104,41 @@ class BlockManager:
         done, duplicates = self._committed.get(req.req_id, (0, ()))
         if full <= done and not duplicates:
             return  # incremental: a block once registered keeps its hash while the request holds it
-        hashes = self._request_hashes(req)
+        hashes, blocks, cached, table = self._request_hashes(req), self.blocks, self.cached, req.block_ids
         still: list[int] = []
         for i in (*duplicates, *range(done, full)):
-            block = self.blocks[req.block_ids[i]]
+            block = blocks[table[i]]
             if block.hash is None:
-                if hashes[i] in self.cached:
+                h = hashes[i]
+                if h in cached:
                     still.append(i)  # another block holds this prefix; take over if that one is evicted
                 else:
-                    block.hash = hashes[i]
-                    self.cached[hashes[i]] = block.block_id
+                    block.hash = h
+                    cached[h] = block.block_id
         self._committed[req.req_id] = (max(done, full), tuple(still))
+        if still:
+            self.pending_duplicates.add(req.req_id)
+        else:
+            self.pending_duplicates.discard(req.req_id)
+
+    def commits_independent(self, reqs: list[Request], num_tokens: list[int]) -> bool:
+        """Whether committing each request's blocks up to `num_tokens` registers prefixes no other
+        commit here touches (no shared hash, none a pending duplicate's), so their order is moot."""
+        if not self.enable_prefix_caching:
+            return True
+        bs, seen, count = self.block_size, set(), 0
+        for req in reqs:  # the blocks waiting to take over a prefix
+            _, duplicates = self._committed.get(req.req_id, (0, ()))
+            if duplicates:
+                hashes = self._request_hashes(req)
+                seen.update(hashes[i] for i in duplicates)
+                count += len(duplicates)
+        for req, n in zip(reqs, num_tokens, strict=True):
+            done = self._committed.get(req.req_id, (0, ()))[0]
+            new = self._request_hashes(req)[done : n // bs]
+            seen.update(new)
+            count += len(new)
+        return len(seen) == count
 
     # allocation --------------------------------------------------------------------------
     def can_allocate(
@@ -119,29 +146,39 @@ class BlockManager:
     ) -> bool:
         """Whether `req` can grow to hold `total_tokens` tokens (reusing `prefix_blocks` if new)."""
         need = self.blocks_for(total_tokens) - len(req.block_ids) - len(prefix_blocks)
-        reclaimed = sum(1 for b in prefix_blocks if self.blocks[b].ref_count == 0)
-        available = len(self.free_queue) - reclaimed
+        available = len(self.free_queue)
+        if prefix_blocks:
+            available -= sum(1 for b in prefix_blocks if self.blocks[b].ref_count == 0)
         reserve = self.watermark_blocks if watermark else 0
         return need <= available - reserve
 
     def allocate(self, req: Request, total_tokens: int, prefix_blocks: list[int] = (), watermark: bool = False) -> bool:
         """Grow `req`'s block table to hold `total_tokens` tokens; False (and no change) if the pool can't."""
+        if not prefix_blocks and -(-total_tokens // self.block_size) <= len(req.block_ids):
+            return True  # already big enough: most decode steps
         if not self.can_allocate(req, total_tokens, prefix_blocks, watermark):
             return False
         for b in prefix_blocks:
             self._take(b)
             req.block_ids.append(b)
-        for _ in range(self.blocks_for(total_tokens) - len(req.block_ids)):
-            block_id, _ = self.free_queue.popitem(last=False)
-            block = self.blocks[block_id]
+        req.block_ids += self.pop_free(self.blocks_for(total_tokens) - len(req.block_ids))
+        return True
+
+    def pop_free(self, n: int) -> list[int]:
+        """Take `n` blocks from the eviction end of the free queue (the caller checked there are
+        enough), dropping the cached prefixes they held; each comes back with one reference."""
+        pop, blocks, cached, taken = self.free_queue.popitem, self.blocks, self.cached, []
+        for _ in range(n):
+            block_id, _ = pop(last=False)
+            block = blocks[block_id]
             if block.hash is not None:  # evict the least recently used cached prefix
                 self.cached_free.discard(block_id)
-                if self.cached.get(block.hash) == block_id:
-                    del self.cached[block.hash]
+                if cached.get(block.hash) == block_id:
+                    del cached[block.hash]
                 block.hash = None
             block.ref_count = 1
-            req.block_ids.append(block_id)
-        return True
+            taken.append(block_id)
+        return taken
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]
@@ -152,15 +189,17 @@ class BlockManager:
 
     def free(self, req: Request) -> None:
         """Release `req`'s blocks; its tail goes to the eviction end first, so shared prefixes live longer."""
+        blocks, free_queue, cached_free = self.blocks, self.free_queue, self.cached_free
         for block_id in reversed(req.block_ids):
-            block = self.blocks[block_id]
+            block = blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self.free_queue[block_id] = None
+                free_queue[block_id] = None
                 if block.hash is not None:
-                    self.cached_free.add(block_id)
+                    cached_free.add(block_id)
         req.block_ids = []
         self._committed.pop(req.req_id, None)
+        self.pending_duplicates.discard(req.req_id)
 
     def reset_cache(self) -> int:
         """Forget every cached prefix (blocks in use keep their contents); returns how many were dropped."""
@@ -177,6 +216,7 @@ class BlockManager:
         """Drop per-request bookkeeping once `req` has finished."""
         self._hashes.pop(req.req_id, None)
         self._committed.pop(req.req_id, None)
+        self.pending_duplicates.discard(req.req_id)
 
     # views -------------------------------------------------------------------------------
     def snapshot(self, running: list[Request], owners: bool = True) -> KVSnapshot:

@@ -84,6 +84,54 @@ class StepRecord:
 
 
 @dataclass
+class DecodeRun:
+    """Consecutive decode-only steps with the same batch, stored compactly: every request in
+    `req_ids` computes one token per step, nobody waits, is admitted or is preempted, and
+    `finished` end in the last step. `expand()` gives the `StepRecord`s it stands for; the
+    simulator emits these to cover long stretches of steady decoding without a record each.
+    """
+
+    step: int  # index of the first step
+    t_start: float  # start of the first step; each later step starts where the one before ended
+    t_ends: list[float]  # end of every step
+    req_ids: list[str]  # the batch, in batch order
+    context_lens: list[int]  # each request's context after the first step (one more per step)
+    kv_used: list[int]  # blocks in use after every step
+    kv_cached: list[int]  # free blocks still holding a prefix after every step
+    block_size: int
+    num_blocks: int
+    finished: list[str] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.t_ends)
+
+    def expand(self) -> list[StepRecord]:
+        """One `StepRecord` per step, equal to what stepping one at a time records."""
+        out = []
+        last = self.num_steps - 1
+        batch_size = len(self.req_ids)
+        t_start = self.t_start
+        for j, t_end in enumerate(self.t_ends):
+            done = self.finished if j == last else []
+            used, cached = self.kv_used[j], self.kv_cached[j]
+            out.append(
+                StepRecord(
+                    step=self.step + j,
+                    t_start=t_start,
+                    t_end=t_end,
+                    batch=[Slot(r, "decode", 1, c + j) for r, c in zip(self.req_ids, self.context_lens, strict=True)],
+                    waiting=0,
+                    running=batch_size - len(done),
+                    finished=list(done),
+                    kv=KVSnapshot(self.block_size, self.num_blocks, used, cached, self.num_blocks - used - cached),
+                )
+            )
+            t_start = t_end
+        return out
+
+
+@dataclass
 class RequestRecord:
     """One request's life, in seconds since the run started."""
 

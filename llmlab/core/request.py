@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -47,13 +48,15 @@ class Request:
     def __init__(
         self,
         req_id: str,
-        prompt_token_ids: list[int],
+        prompt_token_ids: list[int] | range,
         params: SamplingParams | None = None,
         arrival: float = 0.0,
         eos_token_ids: tuple[int, ...] = (),
     ) -> None:
         self.req_id = req_id
-        self.prompt_token_ids = list(prompt_token_ids)
+        # a range (the simulator's stand-in for a corpus window) stays a range: no per-token objects
+        self.prompt_token_ids = prompt_token_ids if isinstance(prompt_token_ids, range) else list(prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
         self.params = params or SamplingParams()
         self.arrival = arrival
         self.eos_token_ids = eos_token_ids
@@ -68,15 +71,20 @@ class Request:
     # token bookkeeping -------------------------------------------------------------------
     @property
     def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
+        return [*self.prompt_token_ids, *self.output_token_ids]
 
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
+    def token_ids(self, start: int, stop: int) -> Sequence[int]:
+        """Tokens `start:stop` of prompt plus output (a list, or a range for a range prompt)."""
+        p = self.num_prompt_tokens
+        if stop <= p:
+            return self.prompt_token_ids[start:stop]
+        if start >= p:
+            return self.output_token_ids[start - p : stop - p]
+        return [*self.prompt_token_ids[start:], *self.output_token_ids[: stop - p]]
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return self.num_prompt_tokens + len(self.output_token_ids)
 
     @property
     def num_output_tokens(self) -> int:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmlab.core.records import Completion, EngineInfo, StepRecord
+from llmlab.core.records import Completion, DecodeRun, EngineInfo, StepRecord
 from llmlab.core.request import SamplingParams
 
 if TYPE_CHECKING:
@@ -15,13 +15,18 @@ if TYPE_CHECKING:
     from llmlab.workloads import WorkItem, Workload
 
 
-def release_memory() -> None:
+def release_memory(collect: bool = True) -> None:
     """Hand freed memory back to the OS: glibc keeps the load's transient copies otherwise, and on a
-    small machine (a 2 GB notebook server) that is the difference between fitting and not."""
+    small machine (a 2 GB notebook server) that is the difference between fitting and not.
+
+    `collect=False` skips the garbage collection, for calls in a loop (the loader, after each layer)
+    where nothing freed is held by reference cycles.
+    """
     import ctypes
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
@@ -32,7 +37,7 @@ def release_memory() -> None:
 class EngineStep:
     """One step's result. The session stamps `record` with the step index and times."""
 
-    record: StepRecord
+    record: StepRecord | DecodeRun
     new_tokens: dict[str, int] = field(default_factory=dict)  # req_id -> tokens appended this step
     finished: list[Completion] = field(default_factory=list)
 
@@ -59,6 +64,11 @@ class Engine:
 
     def step(self) -> EngineStep:
         raise NotImplementedError
+
+    def step_until(self, until: float | None) -> EngineStep:
+        """One step; an engine that can may instead compute several steady decode steps at once
+        (a `DecodeRun`), none starting at or after `until` on its clock (the next arrival)."""
+        return self.step()
 
     def abort(self, req_id: str) -> None:
         raise NotImplementedError

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cache
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from llmlab.core.blocks import BlockManager
-from llmlab.core.records import Completion, EngineInfo, Slot
+from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
-from llmlab.core.scheduler import Scheduler, SchedulerConfig
+from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ PLACEHOLDER_TOKEN = 0
 SYNTHETIC_VOCAB = 49152
 DEFAULT_MAX_MODEL_LEN = 8192
 OWNERS_AUTO_LIMIT = 4096  # record KV owners every step for pools up to this many blocks
+MAX_DECODE_RUN = 4096  # most steps one DecodeRun covers
 
 
 @cache
@@ -74,6 +76,11 @@ class SimEngine(Engine):
     is given. `efficiency` (or a calibration from `llmlab.plan.calibrate`) tunes the cost
     model; `step_time(slots) -> seconds` replaces it altogether. Text prompts and corpus
     prompts are counted with the embedded SmolLM2 tokenizer, whatever the model.
+
+    With `fast_forward` (the default) and KV owners not traced, steady decoding (nobody
+    waiting, every running request decoding) is computed in one go up to the next arrival,
+    finish or block shortage and recorded as a `DecodeRun`: the trace is the same as stepping
+    one at a time (the tests compare both), only much faster to make.
     """
 
     name = "sim"
@@ -103,6 +110,7 @@ class SimEngine(Engine):
         trace_kv_owners: bool | None = None,
         watermark: float = 0.01,
         tokenizer: Any = None,
+        fast_forward: bool = True,
     ) -> None:
         super().__init__()
         from llmlab import __version__
@@ -192,6 +200,7 @@ class SimEngine(Engine):
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
         self.scheduler = Scheduler(sched_cfg, self.blocks)
         self.trace_kv_owners = num_blocks <= OWNERS_AUTO_LIMIT if trace_kv_owners is None else bool(trace_kv_owners)
+        self.fast_forward = bool(fast_forward)
         model_name = getattr(shape, "name", None) or str(model)
         device = gpu_name if tp * pp == 1 else f"{tp * pp} x {gpu_name}"
         self.info = EngineInfo(
@@ -231,7 +240,7 @@ class SimEngine(Engine):
             self._tokenizer = default_tokenizer()
         return self._tokenizer
 
-    def encode(self, item: WorkItem) -> list[int]:
+    def encode(self, item: WorkItem) -> list[int] | range:
         """Token ids as given; a text prompt through the tokenizer; a corpus window (`prompt_len`)
         as ids `offset, offset + 1, ...` that need no tokenizer and share prefixes exactly when
         the real windows do (same offset), which is all the prefix cache looks at."""
@@ -281,21 +290,161 @@ class SimEngine(Engine):
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, dict.fromkeys(sampled, 1), completions)
 
+    def step_until(self, until: float | None) -> EngineStep:
+        if self.fast_forward and self.cost_model is not None and not self.trace_kv_owners:
+            out = self._decode_run(until)
+            if out is not None:
+                return out
+        return self.step()
+
+    def _decode_run(self, until: float | None) -> EngineStep | None:
+        """Steady decode steps computed together, or None when the next step is not one of them.
+
+        The pool, the prefix cache and the clock change exactly as stepping would change them:
+        block allocations and prefix commits happen in step and batch order, only at the steps
+        where they happen; the last step goes through the scheduler's own `update`.
+        """
+        sched, blocks = self.scheduler, self.blocks
+        running = list(sched.running)
+        n = len(running)
+        if sched.waiting or n == 0 or (sched.config.policy != "static" and n > sched.config.max_num_batched_tokens):
+            return None
+        limit = sched.config.max_model_len
+        k = MAX_DECODE_RUN
+        computed = []
+        for req in running:
+            c = req.num_computed_tokens
+            if c != req.num_tokens - 1 or not req.output_token_ids or PLACEHOLDER_TOKEN in req.params.stop_token_ids:
+                return None  # not decoding, or would stop on the placeholder token
+            computed.append(c)
+            k = min(k, req.params.max_tokens - req.num_output_tokens, limit - req.num_tokens)
+        bs = blocks.block_size
+        first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
+        alloc_steps = sorted(j for a in first_alloc for j in range(a, k + 1, bs))
+        if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
+            k = min(k, alloc_steps[blocks.num_free] - 1)
+        # the clock, step by step, stopping at the step that ends at or past the next arrival
+        time_for, clock, kv_read = self.cost_model.time_for, self.clock, sum(computed)
+        t_ends: list[float] = []
+        for _ in range(k):
+            kv_read += n
+            seconds = time_for(n, n, kv_read, float(kv_read))
+            if not seconds >= 0.0:
+                return None  # the regular step reports it
+            clock += seconds
+            t_ends.append(clock)
+            if until is not None and clock >= until:
+                break
+        k = len(t_ends)
+        if k < 2:
+            return None
+        kv_used, kv_cached = self._advance_blocks(running, computed, first_alloc, k)
+        # the last step: the scheduler's own update appends the token, commits and finishes
+        batch = Batch(
+            items=[ScheduledRequest(r, c + k - 1, 1, "decode") for r, c in zip(running, computed, strict=True)]
+        )
+        finished = sched.update(batch, dict.fromkeys((r.req_id for r in running), PLACEHOLDER_TOKEN))
+        kv_used.append(blocks.num_used)
+        kv_cached.append(blocks.num_cached_free)
+        self.clock = clock
+        record = DecodeRun(
+            step=0,
+            t_start=0.0,
+            t_ends=t_ends,
+            req_ids=[r.req_id for r in running],
+            context_lens=[c + 1 for c in computed],
+            kv_used=kv_used,
+            kv_cached=kv_cached,
+            block_size=bs,
+            num_blocks=blocks.num_blocks,
+            finished=[r.req_id for r in finished],
+        )
+        return EngineStep(record, {}, [self._complete(r) for r in finished])
+
+    def _advance_blocks(
+        self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
+    ) -> tuple[list[int], list[int]]:
+        """Steps 1..k-1 of a decode run on the block pool, plus step k's allocations; returns blocks
+        used and cached-free after each of steps 1..k-1. Step k's `update` commits the prefixes
+        when no two commits touch the same one; otherwise each commit happens at its own step."""
+        blocks, bs = self.blocks, self.blocks.block_size
+        for req in running:
+            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * (k - 1))  # step k's token comes from update
+        if not blocks.commits_independent(running, [c + k for c in computed]):
+            return self._advance_blocks_stepwise(running, computed, first_alloc, k)
+        # allocations in step and batch order take the free queue's first blocks in turn
+        events = sorted((j, i) for i, a in enumerate(first_alloc) for j in range(a, k + 1, bs))
+        evicts = [blocks.blocks[b].hash is not None for b in islice(blocks.free_queue, len(events))]
+        for (_, i), block_id in zip(events, blocks.pop_free(len(events)), strict=True):
+            running[i].block_ids.append(block_id)
+        used, cached = blocks.num_used - len(events), blocks.num_cached_free + sum(evicts)
+        used_after, cached_after, e = [], [], 0
+        for j in range(1, k):
+            while e < len(events) and events[e][0] == j:
+                used += 1
+                cached -= evicts[e]
+                e += 1
+            used_after.append(used)
+            cached_after.append(cached)
+        return used_after, cached_after
+
+    def _advance_blocks_stepwise(
+        self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
+    ) -> tuple[list[int], list[int]]:
+        """`_advance_blocks` when commits touch the same prefixes: every allocation and commit at
+        its own step, in batch order, with waiting duplicates re-checked after each eviction."""
+        blocks, bs = self.blocks, self.blocks.block_size
+        events: list[tuple[int, int, int]] = []  # (step, 0 allocate / 1 commit, batch index)
+        for i, c in enumerate(computed):
+            events += ((j, 0, i) for j in range(first_alloc[i], k + 1, bs))
+            events += ((j, 1, i) for j in range(bs - c % bs, k, bs))
+        events.sort()
+        changes: dict[int, tuple[int, int]] = {}  # step -> (used, cached free) after it, where they changed
+        state = (blocks.num_used, blocks.num_cached_free)
+        e, num_events = 0, len(events)
+        while e < num_events:
+            j = events[e][0]
+            num_cached = len(blocks.cached)
+            commits = []
+            while e < num_events and events[e][0] == j:
+                _, kind, i = events[e]
+                if kind == 0:
+                    blocks.allocate(running[i], computed[i] + j)
+                else:
+                    commits.append(i)
+                e += 1
+            if j == k:
+                break  # step k's commits are update's
+            if blocks.pending_duplicates and len(blocks.cached) < num_cached:
+                # an eviction: blocks waiting on a prefix another block held may register now
+                commits += (i for i, r in enumerate(running) if r.req_id in blocks.pending_duplicates)
+            for i in sorted(set(commits)):
+                running[i].num_computed_tokens = computed[i] + j
+                blocks.commit(running[i])
+            changes[j] = (blocks.num_used, blocks.num_cached_free)
+        used, cached = [], []
+        for j in range(1, k):
+            state = changes.get(j, state)
+            used.append(state[0])
+            cached.append(state[1])
+        return used, cached
+
     def _complete(self, req: Request) -> Completion:
         self.requests.pop(req.req_id, None)
-        return Completion(
-            req.req_id, "", req.output_token_ids, req.finish_reason, req.prompt_token_ids, req.num_cached_tokens
-        )
+        prompt = req.prompt_token_ids
+        prompt = [] if isinstance(prompt, range) else prompt  # a corpus window's ids are placeholders too
+        return Completion(req.req_id, "", req.output_token_ids, req.finish_reason, prompt, req.num_cached_tokens)
 
     def __repr__(self) -> str:
         return f"<sim engine: {self.info.model} on {self.info.device}, {self.info.dtype}>"
 
 
-def window_ids(offset: int, length: int, vocab: int = SYNTHETIC_VOCAB) -> list[int]:
-    """`length` consecutive ids from `offset`, wrapping at `vocab`: a stand-in for a corpus window."""
+def window_ids(offset: int, length: int, vocab: int = SYNTHETIC_VOCAB) -> range | list[int]:
+    """`length` consecutive ids from `offset`, wrapping at `vocab`: a stand-in for a corpus window
+    (a `range` when it does not wrap, so ten thousand long prompts cost no per-token objects)."""
     start = offset % vocab
     if start + length <= vocab:
-        return list(range(start, start + length))
+        return range(start, start + length)
     return [(start + i) % vocab for i in range(length)]
 
 
