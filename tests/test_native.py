@@ -276,3 +276,36 @@ def test_saved_run_loads_with_same_frames(engine, tmp_path):
         pdt.assert_frame_equal(back.slots, run.slots)
         assert back.outputs["0"].text == run.outputs["0"].text
         pdt.assert_series_equal(back.summary(), summary)
+
+
+def test_rotary_tables_equal_transformers_and_scaled_rope_defers_to_it(smollm2_path):
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from llmlab.engines.native.loader import plain_rope_theta, rotary_tables
+    from llmlab.models import resolve
+
+    spec = resolve(None)
+    cos, sin = rotary_tables(spec.path, spec.config, 4096, torch.float32, torch.device("cpu"))
+    want_cos, want_sin = LlamaRotaryEmbedding(AutoConfig.from_pretrained(spec.path))(
+        torch.zeros(1), torch.arange(4096).unsqueeze(0)
+    )
+    assert torch.equal(cos, want_cos[0]) and torch.equal(sin, want_sin[0])
+    llama3 = {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}
+    assert plain_rope_theta(llama3) is None  # computed by transformers, scaling and all
+    assert plain_rope_theta({"rope_theta": 1e4, "rope_scaling": None}) == 1e4
+
+
+def test_tokenizer_is_loaded_once_and_equals_autotokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    from llmlab.models import load_tokenizer
+    from llmlab.workloads import corpus_text
+
+    tok = load_tokenizer(smollm2_path)
+    assert load_tokenizer(smollm2_path) is tok  # engines on one checkpoint share it
+    auto = AutoTokenizer.from_pretrained(smollm2_path)
+    text = corpus_text()[:5000]
+    assert tok(text).input_ids == auto(text).input_ids
+    chat = [{"role": "user", "content": "Why are KV blocks paged?"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == auto.apply_chat_template(chat, tokenize=False)

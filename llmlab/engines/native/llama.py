@@ -87,7 +87,10 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: dict, block_size: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        # built on the meta device and filled from the checkpoint: an explicit (uninitialised) table
+        # skips nn.Embedding's random init, whose meta-device path imports torch._dynamo (~150 MB)
+        table = torch.empty(cfg["vocab_size"], cfg["hidden_size"])
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"], _weight=table)
         self.layers = nn.ModuleList(DecoderLayer(cfg, block_size) for _ in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-5))
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
@@ -104,25 +107,52 @@ class LlamaModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden)).float()
 
-    def pack_for_cpu(self) -> None:
-        """Repack every linear layer's weights for oneDNN: on CPUs a float32 decode step runs about 20%
-        faster, and the tall [vocab, hidden] LM head about 1.7x (benchmarks/cpu_throughput.py)."""
-        if self.lm_head.weight.device.type != "cpu" or self.lm_head.weight.dtype != torch.float32:
+    def pack_for_cpu(self, module: nn.Module | None = None) -> None:
+        """Run linear layers through oneDNN on CPUs: a float32 decode step is about 20% faster, and the
+        tall [vocab, hidden] LM head about 1.7x (benchmarks/cpu_throughput.py).
+
+        `module` (one decoder layer) packs only its linears, so the loader can pack each layer as soon
+        as it is filled and the dense and packed copies of the whole model never coexist.
+        """
+        if not can_pack(self.embed_tokens.weight):
             return
-        if not torch.backends.mkldnn.is_available():
-            return
+        if module is None:
+            module = self
+        tied = self.lm_head.weight is self.embed_tokens.weight
+        if module is self and tied and isinstance(self.lm_head, nn.Linear):
+            self.lm_head = TiedOneDNNHead(self.embed_tokens.weight)
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from torch.utils import mkldnn
 
-            for parent in list(self.modules()):
+            for parent in list(module.modules()):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, nn.Linear):
                         setattr(parent, name, mkldnn.to_mkldnn(child))
-                        # the packed module does not release the dense weights by itself (about 520 MB
-                        # for SmolLM2); empty them, except the embedding the LM head is tied to
+                        # the packed module holds its own copy and does not release the dense weights
                         for p in (child.weight, child.bias):
-                            if p is not None and p is not self.embed_tokens.weight:
+                            if p is not None:
                                 p.data = torch.empty(0, dtype=p.dtype)
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """Whether `pack_for_cpu` applies: float32 weights on a CPU PyTorch built with oneDNN."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+class TiedOneDNNHead(nn.Module):
+    """The LM head tied to the embedding table, run by oneDNN's linear straight on the dense table.
+
+    A packed copy (`torch.utils.mkldnn`) would hold the [vocab, hidden] float32 table twice (113 MB
+    for SmolLM2), since the embedding lookup needs the dense one; oneDNN's linear takes the dense
+    weight as it is, with the same kernel, bit-identical logits and the same speed.
+    """
+
+    def __init__(self, weight: nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight.detach(), None).to_dense()

@@ -1,7 +1,9 @@
 """Count the bytes the native engine really holds: weights by kind, and the KV pool.
 
-Counts come from the tensors themselves (numel * element_size), so they include scales, the
-oneDNN-packed copy of the LM head on CPU, and nothing that is only planned.
+Counts come from the tensors themselves (numel * element_size), so they include scales, an
+untied LM head's oneDNN-packed copy on CPU (a tied head runs on the embedding table itself), and
+nothing that is only planned. The KV pool is counted whole, although on CPU its pages take RAM
+only once written.
 """
 
 from __future__ import annotations

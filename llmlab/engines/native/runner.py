@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,28 @@ from llmlab.engines.native.sampler import sample
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where attention is allowed, -inf elsewhere: SDPA's CPU kernel is faster with it than with a bool mask."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def lazy_zeros(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled CPU tensor in fresh anonymous memory. The OS hands out zero pages on first write,
+    so the tensor takes RAM only where it is written; torch.zeros writes (and so holds) every byte."""
+    nbytes = max(shape.numel() * dtype.itemsize, 1)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=shape.numel()).view(shape)
+
+
+def kv_pool_layer(
+    kv_dtype: str, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> LayerKV:
+    """One layer's KV pool. On CPU its tensors are `lazy_zeros`: blocks no request has used yet cost
+    no RAM (the default pool is 256 MB, and a notebook's short runs use a fraction of it)."""
+    if device.type != "cpu":
+        return LayerKV(kv_dtype, slots, kv_heads, head_dim, dtype, device)
+    layer = LayerKV(kv_dtype, slots, kv_heads, head_dim, dtype, torch.device("meta"))
+    for name in ("k", "v", "k_scale", "v_scale"):
+        t = getattr(layer, name)
+        if t is not None:
+            setattr(layer, name, lazy_zeros(t.shape, t.dtype))
+    return layer
 
 
 class ModelRunner:
@@ -44,11 +67,11 @@ class ModelRunner:
         self.dtype = dtype
         self.seed = seed
         self.model = load_model(path, cfg, block_size, dtype, device, weights, group_size)
-        self.cos, self.sin = rotary_tables(path, max_model_len, dtype, device)
+        self.cos, self.sin = rotary_tables(path, cfg, max_model_len, dtype, device)
         attn = self.model.layers[0].self_attn
         slots = num_blocks * block_size
         self.kv_caches = [
-            LayerKV(kv_dtype, slots, attn.num_kv_heads, attn.head_dim, dtype, device) for _ in self.model.layers
+            kv_pool_layer(kv_dtype, slots, attn.num_kv_heads, attn.head_dim, dtype, device) for _ in self.model.layers
         ]
         self.generators: dict[str, torch.Generator] = {}
 
