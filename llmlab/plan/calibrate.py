@@ -162,7 +162,10 @@ def calibrate(
     seqs = np.array([ld.seqs for ld in loads], dtype=float)
     inv_c, inv_m = 1.0 / base.compute, 1.0 / base.memory
     target = measured - fixed
-    weights = 1.0 / np.maximum(measured, 1e-6)  # fit relative errors: short and long steps count alike
+    # plain least squares in seconds: with the per-step term free, the fitted steps add up to the
+    # measured run's time, which is what throughput and queueing depend on (a fit of relative
+    # errors lets a few slow steps go and predicted runs drift by 20% or more on a noisy machine)
+    weights = np.ones_like(measured)
     coef = np.zeros(5)
     for _ in range(iterations):
         compute_bound = comp * inv_c >= mem * inv_m
