@@ -48,7 +48,7 @@ lab: model
 	$(BIN)/jupyter lab notebooks/
 
 test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
-	$(BIN)/ruff check llmlab tests benchmarks
+	$(BIN)/ruff check llmlab tests benchmarks notebooks
 	$(BIN)/python -m pytest tests --nbmake notebooks
 
 test-browser: $(VENV)/.installed-dev model
@@ -58,7 +58,7 @@ demo: model
 	$(BIN)/llmlab demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check llmlab tests benchmarks
+	$(BIN)/ruff check llmlab tests benchmarks notebooks
 	$(BIN)/ruff format --check llmlab tests benchmarks
 
 clean:
