@@ -7,6 +7,7 @@ caching on against off (hashing every block is the simulator's largest fixed cos
 
     python benchmarks/sim_speed.py                 # 10,000 requests, then the comparisons
     python benchmarks/sim_speed.py --n 1000 --compare-n 500   # a quicker look
+    python benchmarks/sim_speed.py --no-prefix-caching --compare-n 0
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ def main() -> None:
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--gpu", default="H100-SXM")
     p.add_argument("--owners", action="store_true", help="record KV block owners every step (no fast-forward)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="the main run without prefix caching")
     args = p.parse_args()
 
-    run, t_wl, t_launch, t_run = simulate(args.n, args.model, args.gpu, trace_kv_owners=args.owners)
+    caching = not args.no_prefix_caching
+    run, t_wl, t_launch, t_run = simulate(
+        args.n, args.model, args.gpu, trace_kv_owners=args.owners, enable_prefix_caching=caching
+    )
     s = run.summary()
     total = t_wl + t_launch + t_run
-    print(f"azure_conv, {args.n} requests, {args.model} on {args.gpu}: {len(run.trace):,} steps simulated")
+    print(
+        f"azure_conv, {args.n} requests, {args.model} on {args.gpu}, prefix caching {'on' if caching else 'off'}: "
+        f"{len(run.trace):,} steps simulated"
+    )
     print(f"  workload {t_wl:6.2f} s   launch {t_launch:6.2f} s   run {t_run:6.2f} s   total {total:6.2f} s")
     print(f"  {args.n / total:,.0f} requests/s, {len(run.trace) / t_run:,.0f} steps/s")
     print(

@@ -300,8 +300,8 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
         n = len(e.req_ids)
         last = np.zeros(k, dtype="int64")
         last[-1] = len(e.finished)
-        used = np.asarray(e.kv_used, dtype="float64")
-        cached = np.asarray(e.kv_cached, dtype="float64")
+        used = np.asarray(e.kv_used, dtype="int64")
+        cached = np.asarray(e.kv_cached, dtype="int64")
         zeros = np.zeros(k, dtype="int64")
         return {
             "step": e.step + np.arange(k),
@@ -320,7 +320,7 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
             "kv_used": used,
             "kv_cached": cached,
             "kv_free": e.num_blocks - used - cached,
-            "kv_total": np.full(k, float(e.num_blocks)),
+            "kv_total": np.full(k, e.num_blocks),
             "prefix_hit_tokens": zeros,
             "source": np.full(k, "exact", dtype=object),
         }
@@ -328,10 +328,11 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
     kvs = [r.kv for r in recs]
     has_kv = all(kv is not None for kv in kvs)
 
-    def kv_col(attr: str) -> list[float | None]:
+    def kv_col(attr: str) -> np.ndarray:
+        """Block counts: integers, or floats with NaN where a step has no KV snapshot."""
         if has_kv:
-            return [getattr(kv, attr) for kv in kvs]
-        return [getattr(kv, attr) if kv is not None else None for kv in kvs]
+            return np.asarray([getattr(kv, attr) for kv in kvs], dtype="int64")
+        return np.asarray([getattr(kv, attr) if kv is not None else None for kv in kvs], dtype="float64")
 
     num_prefill = [sum(s.phase == "prefill" for s in r.batch) for r in recs]
     return {
@@ -348,10 +349,10 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
         "admitted": [len(r.admitted) for r in recs],
         "preempted": [len(r.preempted) for r in recs],
         "finished": [len(r.finished) for r in recs],
-        "kv_used": np.asarray(kv_col("used"), dtype="float64"),
-        "kv_cached": np.asarray(kv_col("cached"), dtype="float64"),
-        "kv_free": np.asarray(kv_col("free"), dtype="float64"),
-        "kv_total": np.asarray(kv_col("num_blocks"), dtype="float64"),
+        "kv_used": kv_col("used"),
+        "kv_cached": kv_col("cached"),
+        "kv_free": kv_col("free"),
+        "kv_total": kv_col("num_blocks"),
         "prefix_hit_tokens": [r.prefix_hit_tokens for r in recs],
         "source": [r.source for r in recs],
     }

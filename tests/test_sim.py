@@ -233,6 +233,7 @@ def test_fast_forward_records_the_same_trace_as_stepping(policy, pool):
         r.to_dict() for r in slow.trace.request_records.values()
     ]
     pd.testing.assert_frame_equal(fast.steps, slow.steps)
+    assert fast.steps.kv_used.dtype == "int64"  # block counts stay integers
     pd.testing.assert_frame_equal(fast.slots, slow.slots)
     assert _pool_state(fast_eng) == _pool_state(slow_eng)  # same blocks, hashes and LRU order
     if pool.get("num_blocks") and policy != "static":
