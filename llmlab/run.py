@@ -120,7 +120,7 @@ class Run:
         err = f", error={self.error!r}" if self.error else ""
         return (
             f"<Run {self.status}: {info.engine} {info.model} on {info.device}, "
-            f"{self.num_finished}/{self.total} requests, {len(self.trace.step_records)} steps{err}>"
+            f"{self.num_finished}/{self.total} requests, {len(self.trace)} steps{err}>"
         )
 
     def _repr_html_(self) -> str:

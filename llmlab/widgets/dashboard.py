@@ -101,7 +101,7 @@ class Dashboard(W.VBox):
     def redraw(self, upto: int | None = None) -> None:
         """Draw the state as of step `upto` (default: the latest, or the replay slider's step)."""
         with self._lock:
-            steps = list(self.run.trace.step_records)
+            steps = self.run.trace.step_records  # a fresh list: the trace keeps growing while live
             requests = list(self.run.trace.request_records.values())
             n = len(steps)
             if upto is None and not self._follow:
