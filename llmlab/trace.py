@@ -123,9 +123,7 @@ class Trace:
         if not entries:
             return _frame([], STEP_COLUMNS, {"source": "str"})
         parts = [_step_columns(group) for group in _runs_of_kind(entries)]
-        df = (
-            pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True) if len(parts) > 1 else pd.DataFrame(parts[0])
-        )
+        df = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
         df["duration"] = df["t_end"] - df["t_start"]
         return df[STEP_COLUMNS]
 
@@ -334,27 +332,31 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
             return np.asarray([getattr(kv, attr) for kv in kvs], dtype="int64")
         return np.asarray([getattr(kv, attr) if kv is not None else None for kv in kvs], dtype="float64")
 
-    num_prefill = [sum(s.phase == "prefill" for s in r.batch) for r in recs]
+    def col(values: list[int]) -> np.ndarray:
+        return np.asarray(values, dtype="int64")
+
+    num_prefill = col([sum(s.phase == "prefill" for s in r.batch) for r in recs])
+    batch_size = col([len(r.batch) for r in recs])
     return {
-        "step": [r.step for r in recs],
-        "t_start": [r.t_start for r in recs],
-        "t_end": [r.t_end for r in recs],
-        "batch_size": [len(r.batch) for r in recs],
-        "prefill_tokens": [r.prefill_tokens for r in recs],
-        "decode_tokens": [r.decode_tokens for r in recs],
+        "step": col([r.step for r in recs]),
+        "t_start": np.asarray([r.t_start for r in recs], dtype="float64"),
+        "t_end": np.asarray([r.t_end for r in recs], dtype="float64"),
+        "batch_size": batch_size,
+        "prefill_tokens": col([r.prefill_tokens for r in recs]),
+        "decode_tokens": col([r.decode_tokens for r in recs]),
         "num_prefill_reqs": num_prefill,
-        "num_decode_reqs": [len(r.batch) - p for r, p in zip(recs, num_prefill, strict=True)],
-        "waiting": [r.waiting for r in recs],
-        "running": [r.running for r in recs],
-        "admitted": [len(r.admitted) for r in recs],
-        "preempted": [len(r.preempted) for r in recs],
-        "finished": [len(r.finished) for r in recs],
+        "num_decode_reqs": batch_size - num_prefill,
+        "waiting": col([r.waiting for r in recs]),
+        "running": col([r.running for r in recs]),
+        "admitted": col([len(r.admitted) for r in recs]),
+        "preempted": col([len(r.preempted) for r in recs]),
+        "finished": col([len(r.finished) for r in recs]),
         "kv_used": kv_col("used"),
         "kv_cached": kv_col("cached"),
         "kv_free": kv_col("free"),
         "kv_total": kv_col("num_blocks"),
-        "prefix_hit_tokens": [r.prefix_hit_tokens for r in recs],
-        "source": [r.source for r in recs],
+        "prefix_hit_tokens": col([r.prefix_hit_tokens for r in recs]),
+        "source": np.asarray([r.source for r in recs], dtype=object),
     }
 
 

@@ -36,9 +36,13 @@ def check_blocks(s: Scheduler) -> None:
     for r in s.running:
         for b in r.block_ids:
             holders[b] = holders.get(b, 0) + 1
-    for block in bm.blocks:
-        assert block.ref_count == holders.get(block.block_id, 0)
-        assert (block.ref_count == 0) == (block.block_id in bm.free_queue)
+    for block_id, refs in enumerate(bm.ref_counts):
+        assert refs == holders.get(block_id, 0)
+    assert sorted(bm.free_blocks()) == [b for b, refs in enumerate(bm.ref_counts) if refs == 0]
+    # the prefix cache and the block hashes point at each other; cached-free blocks are free and hashed
+    assert {(h, b) for h, b in bm.cached.items()} == {(h, b) for b, h in enumerate(bm.block_hashes) if h is not None}
+    assert bm.cached_free() == [b for b, h in enumerate(bm.block_hashes) if h is not None and bm.ref_counts[b] == 0]
+    assert bm.num_cached_free == len(bm.cached_free())
     assert bm.num_used <= bm.num_blocks
     snap = bm.snapshot(s.running)
     assert snap.used + snap.cached + snap.free == bm.num_blocks
@@ -75,10 +79,21 @@ def test_chain_hashes_depend_on_the_whole_prefix():
     assert len(a) == 2 and len(b) == 2
     assert a[1] != b[1]  # same second block, different parent
     assert chain_hashes(Request("c", [1, 2, 3, 4, 5, 6, 7, 8]), 4, a[:1]) == a
-    # a prompt given as a range, with outputs appended, hashes as the same tokens in a list
-    r = Request("r", range(1, 7))
+
+
+def test_range_prompts_hash_by_their_ids():
+    """A range prompt's blocks are named by their first id: equal ranges share every hash,
+    different ones share none, and output tokens chain on as for a list prompt."""
+    r = Request("r", range(100, 110))
     r.output_token_ids += [7, 8, 9]
-    assert chain_hashes(r, 4) == a
+    same = Request("same", range(100, 113))
+    shifted = Request("shifted", range(101, 114))
+    hashes = chain_hashes(r, 4)
+    assert len(hashes) == 3
+    assert chain_hashes(same, 4)[:2] == hashes[:2]
+    assert chain_hashes(same, 4)[2] != hashes[2]  # block 2 holds 108..111 there, 108, 109, 7, 8 here
+    assert not set(chain_hashes(shifted, 4)) & set(hashes)
+    assert chain_hashes(r, 4, hashes[:1]) == hashes  # extending known hashes gives the same chain
 
 
 def test_prefix_blocks_are_shared_and_counted():

@@ -215,7 +215,14 @@ def _ff_pair(wl, **knobs):
 
 def _pool_state(eng) -> tuple:
     b = eng.blocks
-    return list(b.free_queue), dict(b.cached), sorted(b.cached_free), [(x.ref_count, x.hash) for x in b.blocks]
+    return (
+        list(b.free_blocks()),
+        dict(b.cached),
+        b.cached_free(),
+        b.num_cached_free,
+        list(b.ref_counts),
+        list(b.block_hashes),
+    )
 
 
 SMALL = dict(model="smollm2-135m", gpu="H100-SXM", max_num_batched_tokens=64, max_model_len=256, max_num_seqs=16)

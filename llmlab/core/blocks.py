@@ -8,30 +8,38 @@ in least-recently-used order.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
+from collections.abc import Iterator
 
 from llmlab.core.records import KVSnapshot
 from llmlab.core.request import Request
 
 
-class Block:
-    __slots__ = ("block_id", "ref_count", "hash")
-
-    def __init__(self, block_id: int) -> None:
-        self.block_id = block_id
-        self.ref_count = 0
-        self.hash: int | None = None
-
-
 def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) -> list[int]:
     """Hashes of every full block of `req`'s tokens, each chained from the one before it;
-    `start`, the hashes already known for its leading blocks, is extended in place."""
+    `start`, the hashes already known for its leading blocks, is extended in place.
+
+    A block inside a `range` prompt (the simulator's corpus windows: consecutive ids) is named
+    by its first id, which is all that tells such blocks apart; ranges with the same ids share
+    hashes at a tenth of the cost, while a list prompt holding the same ids hashes differently.
+    """
     hashes = [] if start is None else start
     parent = hashes[-1] if hashes else 0
+    append = hashes.append
+    first = len(hashes) * block_size
+    end = req.num_tokens - block_size + 1
+    prompt = req.prompt_token_ids
+    if isinstance(prompt, range) and prompt.step == 1 and block_size > 1:
+        starts = range(first, min(end, len(prompt) - block_size + 1), block_size)
+        base = prompt.start
+        for i in starts:
+            parent = hash((parent, base + i))
+            append(parent)
+        first += len(starts) * block_size
     tokens = req.token_ids
-    for i in range(len(hashes) * block_size, req.num_tokens - block_size + 1, block_size):
+    for i in range(first, end, block_size):
         parent = hash((parent, *tokens(i, i + block_size)))
-        hashes.append(parent)
+        append(parent)
     return hashes
 
 
@@ -49,10 +57,16 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.watermark_blocks = int(watermark * num_blocks)
-        self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        # per block: how many block tables hold it, and the prefix hash it is registered under
+        self.ref_counts = [0] * num_blocks
+        self.block_hashes: list[int | None] = [None] * num_blocks  # its prefix hash, if in the prefix cache
+        # free blocks in eviction order; a block taken back from the middle (a prefix hit) stays
+        # behind as a stale entry, skipped when it reaches the front (`_stale` counts them)
+        self.free_queue: deque[int] = deque(range(num_blocks))
+        self._stale: dict[int, int] = {}  # block id -> its stale entries, which precede its live one
+        self._num_free = num_blocks
         self.cached: dict[int, int] = {}  # block hash -> block id
-        self.cached_free: set[int] = set()  # free blocks still holding a registered prefix
+        self.num_cached_free = 0  # free blocks still holding a registered prefix
         self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
         # req_id -> (leading blocks already committed, blocks whose hash another block holds: re-check)
         self._committed: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -61,15 +75,25 @@ class BlockManager:
     # counts ------------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
-        return len(self.free_queue)
+        return self._num_free
 
-    @property
-    def num_cached_free(self) -> int:
-        return len(self.cached_free)
+    def cached_free(self) -> list[int]:
+        """The free blocks still holding a registered prefix, in block id order."""
+        block_hashes = self.block_hashes
+        return sorted(b for b in self.free_blocks() if block_hashes[b] is not None)
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - len(self.free_queue)
+        return self.num_blocks - self._num_free
+
+    def free_blocks(self) -> Iterator[int]:
+        """The free blocks, next to be evicted first."""
+        stale = dict(self._stale)
+        for block_id in self.free_queue:
+            if stale.get(block_id):
+                stale[block_id] -= 1
+            else:
+                yield block_id
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -104,17 +128,23 @@ class BlockManager:
         done, duplicates = self._committed.get(req.req_id, (0, ()))
         if full <= done and not duplicates:
             return  # incremental: a block once registered keeps its hash while the request holds it
-        hashes, blocks, cached, table = self._request_hashes(req), self.blocks, self.cached, req.block_ids
+        hashes, block_hashes, cached, table = self._request_hashes(req), self.block_hashes, self.cached, req.block_ids
         still: list[int] = []
-        for i in (*duplicates, *range(done, full)):
-            block = blocks[table[i]]
-            if block.hash is None:
-                h = hashes[i]
-                if h in cached:
-                    still.append(i)  # another block holds this prefix; take over if that one is evicted
-                else:
-                    block.hash = h
-                    cached[h] = block.block_id
+        new_ids, new_hashes = table[done:full], hashes[done:full]
+        if not duplicates and cached.keys().isdisjoint(new_hashes):
+            for block_id, h in zip(new_ids, new_hashes, strict=True):  # the common case
+                block_hashes[block_id] = h
+            cached.update(zip(new_hashes, new_ids, strict=True))
+        else:
+            for i in (*duplicates, *range(done, full)):
+                block_id = table[i]
+                if block_hashes[block_id] is None:
+                    h = hashes[i]
+                    if h in cached:
+                        still.append(i)  # another block holds this prefix; take over if that one is evicted
+                    else:
+                        block_hashes[block_id] = h
+                        cached[h] = block_id
         self._committed[req.req_id] = (max(done, full), tuple(still))
         if still:
             self.pending_duplicates.add(req.req_id)
@@ -146,9 +176,9 @@ class BlockManager:
     ) -> bool:
         """Whether `req` can grow to hold `total_tokens` tokens (reusing `prefix_blocks` if new)."""
         need = self.blocks_for(total_tokens) - len(req.block_ids) - len(prefix_blocks)
-        available = len(self.free_queue)
+        available = self._num_free
         if prefix_blocks:
-            available -= sum(1 for b in prefix_blocks if self.blocks[b].ref_count == 0)
+            available -= sum(1 for b in prefix_blocks if self.ref_counts[b] == 0)
         reserve = self.watermark_blocks if watermark else 0
         return need <= available - reserve
 
@@ -161,56 +191,80 @@ class BlockManager:
         for b in prefix_blocks:
             self._take(b)
             req.block_ids.append(b)
+        if prefix_blocks:  # they hold their hashes already: commits start after them
+            self._committed[req.req_id] = (len(prefix_blocks), ())
         req.block_ids += self.pop_free(self.blocks_for(total_tokens) - len(req.block_ids))
         return True
 
-    def pop_free(self, n: int) -> list[int]:
+    def pop_free(self, n: int, evicted: list[bool] | None = None) -> list[int]:
         """Take `n` blocks from the eviction end of the free queue (the caller checked there are
-        enough), dropping the cached prefixes they held; each comes back with one reference."""
-        pop, blocks, cached, taken = self.free_queue.popitem, self.blocks, self.cached, []
-        for _ in range(n):
-            block_id, _ = pop(last=False)
-            block = blocks[block_id]
-            if block.hash is not None:  # evict the least recently used cached prefix
-                self.cached_free.discard(block_id)
-                if cached.get(block.hash) == block_id:
-                    del cached[block.hash]
-                block.hash = None
-            block.ref_count = 1
-            taken.append(block_id)
+        enough), dropping the cached prefixes they held; each comes back with one reference.
+        `evicted`, if given, gets one flag per block: whether it held a cached prefix."""
+        popleft, stale = self.free_queue.popleft, self._stale
+        taken = [popleft() for _ in range(n)]
+        while stale and not stale.keys().isdisjoint(taken):  # skip entries of blocks taken back
+            live = []
+            for block_id in taken:
+                if stale.get(block_id):
+                    stale[block_id] -= 1
+                    if not stale[block_id]:
+                        del stale[block_id]
+                else:
+                    live.append(block_id)
+            taken = live + [popleft() for _ in range(n - len(live))]
+        self._num_free -= n
+        ref_counts = self.ref_counts
+        for block_id in taken:
+            ref_counts[block_id] = 1
+        if self.cached:  # evict the least recently used cached prefixes
+            block_hashes, cached = self.block_hashes, self.cached
+            hashes = [block_hashes[b] for b in taken]
+            dropped = 0
+            for block_id, h in zip(taken, hashes, strict=True):
+                if h is not None:
+                    block_hashes[block_id] = None
+                    del cached[h]
+                    dropped += 1
+            self.num_cached_free -= dropped
+            if evicted is not None:
+                evicted += (h is not None for h in hashes)
+        elif evicted is not None:
+            evicted += [False] * n
         return taken
 
     def _take(self, block_id: int) -> None:
-        block = self.blocks[block_id]
-        if block.ref_count == 0:
-            del self.free_queue[block_id]
-            self.cached_free.discard(block_id)
-        block.ref_count += 1
+        if self.ref_counts[block_id] == 0:  # its free-queue entry goes stale
+            self._stale[block_id] = self._stale.get(block_id, 0) + 1
+            self._num_free -= 1
+            self.num_cached_free -= self.block_hashes[block_id] is not None
+        self.ref_counts[block_id] += 1
 
     def free(self, req: Request) -> None:
         """Release `req`'s blocks; its tail goes to the eviction end first, so shared prefixes live longer."""
-        blocks, free_queue, cached_free = self.blocks, self.free_queue, self.cached_free
+        ref_counts = self.ref_counts
+        released = []
         for block_id in reversed(req.block_ids):
-            block = blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                free_queue[block_id] = None
-                if block.hash is not None:
-                    cached_free.add(block_id)
+            left = ref_counts[block_id] - 1
+            ref_counts[block_id] = left
+            if not left:
+                released.append(block_id)
+        self.free_queue.extend(released)
+        self._num_free += len(released)
+        if self.cached:
+            block_hashes = self.block_hashes
+            self.num_cached_free += sum(block_hashes[b] is not None for b in released)
         req.block_ids = []
         self._committed.pop(req.req_id, None)
         self.pending_duplicates.discard(req.req_id)
 
     def reset_cache(self) -> int:
         """Forget every cached prefix (blocks in use keep their contents); returns how many were dropped."""
-        dropped = 0
-        for block in self.blocks:
-            if block.hash is not None and block.ref_count == 0:
-                block.hash = None
-                dropped += 1
-        self.cached = {h: b for h, b in self.cached.items() if self.blocks[b].hash == h}
-        self.cached_free.clear()
-        return dropped
+        dropped = self.cached_free()
+        for block_id in dropped:
+            self.block_hashes[block_id] = None
+        self.cached = {h: b for h, b in self.cached.items() if self.block_hashes[b] == h}
+        self.num_cached_free = 0
+        return len(dropped)
 
     def forget(self, req: Request) -> None:
         """Drop per-request bookkeeping once `req` has finished."""
@@ -231,8 +285,8 @@ class BlockManager:
             block_size=self.block_size,
             num_blocks=self.num_blocks,
             used=self.num_used,
-            cached=len(self.cached_free),
-            free=self.num_free - len(self.cached_free),
+            cached=self.num_cached_free,
+            free=self.num_free - self.num_cached_free,
             owners=table,
-            cached_ids=sorted(self.cached_free) if owners else None,
+            cached_ids=self.cached_free() if owners else None,
         )

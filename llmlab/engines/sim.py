@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cache
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from llmlab.core.blocks import BlockManager
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 StepTime = Callable[[list[Slot]], float]
 PLACEHOLDER_TOKEN = 0
-SYNTHETIC_VOCAB = 49152
 DEFAULT_MAX_MODEL_LEN = 8192
 OWNERS_AUTO_LIMIT = 4096  # record KV owners every step for pools up to this many blocks
 MAX_DECODE_RUN = 4096  # most steps one DecodeRun covers
@@ -374,8 +372,8 @@ class SimEngine(Engine):
             return self._advance_blocks_stepwise(running, computed, first_alloc, k)
         # allocations in step and batch order take the free queue's first blocks in turn
         events = sorted((j, i) for i, a in enumerate(first_alloc) for j in range(a, k + 1, bs))
-        evicts = [blocks.blocks[b].hash is not None for b in islice(blocks.free_queue, len(events))]
-        for (_, i), block_id in zip(events, blocks.pop_free(len(events)), strict=True):
+        evicts: list[bool] = []
+        for (_, i), block_id in zip(events, blocks.pop_free(len(events), evicts), strict=True):
             running[i].block_ids.append(block_id)
         used, cached = blocks.num_used - len(events), blocks.num_cached_free + sum(evicts)
         used_after, cached_after, e = [], [], 0
@@ -439,13 +437,10 @@ class SimEngine(Engine):
         return f"<sim engine: {self.info.model} on {self.info.device}, {self.info.dtype}>"
 
 
-def window_ids(offset: int, length: int, vocab: int = SYNTHETIC_VOCAB) -> range | list[int]:
-    """`length` consecutive ids from `offset`, wrapping at `vocab`: a stand-in for a corpus window
-    (a `range` when it does not wrap, so ten thousand long prompts cost no per-token objects)."""
-    start = offset % vocab
-    if start + length <= vocab:
-        return range(start, start + length)
-    return [(start + i) % vocab for i in range(length)]
+def window_ids(offset: int, length: int) -> range:
+    """`length` consecutive ids from `offset`: a stand-in for a corpus window that shares a prefix
+    with another exactly when the real windows do (same offset), with no per-token objects."""
+    return range(offset, offset + length)
 
 
 def _parallelism(num_gpus: int | None, tp: int | None, pp: int) -> tuple[int, int]:
