@@ -156,18 +156,17 @@ class BlockManager:
         commit here touches (no shared hash, none a pending duplicate's), so their order is moot."""
         if not self.enable_prefix_caching:
             return True
-        bs, seen, count = self.block_size, set(), 0
-        for req in reqs:  # the blocks waiting to take over a prefix
-            _, duplicates = self._committed.get(req.req_id, (0, ()))
-            if duplicates:
+        bs, committed, seen, count = self.block_size, self._committed, set(), 0
+        for req, n in zip(reqs, num_tokens, strict=True):
+            done, duplicates = committed.get(req.req_id, (0, ()))
+            if duplicates:  # blocks waiting to take over a prefix
                 hashes = self._request_hashes(req)
                 seen.update(hashes[i] for i in duplicates)
                 count += len(duplicates)
-        for req, n in zip(reqs, num_tokens, strict=True):
-            done = self._committed.get(req.req_id, (0, ()))[0]
-            new = self._request_hashes(req)[done : n // bs]
-            seen.update(new)
-            count += len(new)
+            if n // bs > done:  # blocks this request fills
+                new = self._request_hashes(req)[done : n // bs]
+                seen.update(new)
+                count += len(new)
         return len(seen) == count
 
     # allocation --------------------------------------------------------------------------
@@ -252,7 +251,7 @@ class BlockManager:
         self._num_free += len(released)
         if self.cached:
             block_hashes = self.block_hashes
-            self.num_cached_free += sum(block_hashes[b] is not None for b in released)
+            self.num_cached_free += len(released) - [block_hashes[b] for b in released].count(None)
         req.block_ids = []
         self._committed.pop(req.req_id, None)
         self.pending_duplicates.discard(req.req_id)

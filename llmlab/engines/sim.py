@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
@@ -321,21 +323,18 @@ class SimEngine(Engine):
         alloc_steps = sorted(j for a in first_alloc for j in range(a, k + 1, bs))
         if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
             k = min(k, alloc_steps[blocks.num_free] - 1)
-        # the clock, step by step, stopping at the step that ends at or past the next arrival
-        time_for, clock, kv_read = self.cost_model.time_for, self.clock, sum(computed)
-        t_ends: list[float] = []
-        for _ in range(k):
-            kv_read += n
-            seconds = time_for(n, n, kv_read, float(kv_read))
-            if not seconds >= 0.0:
-                return None  # the regular step reports it
-            clock += seconds
-            t_ends.append(clock)
-            if until is not None and clock >= until:
-                break
-        k = len(t_ends)
+        # the clock after each step (added one step at a time, as stepping does), stopping at the
+        # step that ends at or past the next arrival
+        seconds = self.cost_model.decode_times(n, sum(computed) + n * np.arange(1, k + 1))
+        if seconds is None or not (seconds >= 0.0).all():
+            return None  # pipeline parallel, or a bad step time the regular step reports
+        ends = np.cumsum(np.concatenate(([self.clock], seconds)))[1:]
+        if until is not None:
+            k = min(k, int(np.searchsorted(ends, until)) + 1)
         if k < 2:
             return None
+        t_ends = ends[:k].tolist()
+        clock = t_ends[-1]
         kv_used, kv_cached = self._advance_blocks(running, computed, first_alloc, k)
         # the last step: the scheduler's own update appends the token, commits and finishes
         batch = Batch(

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from llmlab.models.shapes import ModelShape, get_shape
 from llmlab.plan.hardware import Hardware, get_hardware
 from llmlab.plan.memory import (
@@ -230,7 +232,24 @@ class CostModel:
             return 0.0
         if self.pp > 1:
             return self._host(tokens, seqs) + self._pipeline(tokens, seqs, kv_read, attn_pairs)[0]
-        a1, b1, c1, a2, b2, c2, x2, a3, d3, e4, a5, b5, c5, a6, b6 = self._coeffs[0]
+        before, after = self._around_attention(tokens, seqs)
+        a3, d3 = self._coeffs[0][7:9]
+        lin, mem = a3 * attn_pairs, d3 * (kv_read + tokens)
+        return before + (lin if lin > mem else mem) + after
+
+    def decode_times(self, seqs: int, kv_reads: np.ndarray) -> np.ndarray | None:
+        """`time_for` of decode steps of `seqs` requests reading `kv_reads[i]` KV tokens at step i,
+        all at once: the same arithmetic elementwise, so the same seconds. None when pp > 1."""
+        if self.pp > 1 or seqs <= 0:
+            return None
+        before, after = self._around_attention(seqs, seqs)
+        a3, d3 = self._coeffs[0][7:9]
+        return before + np.maximum(a3 * kv_reads.astype(np.float64), d3 * (kv_reads + seqs)) + after
+
+    def _around_attention(self, tokens: int, seqs: int) -> tuple[float, float]:
+        """A one-stage step's seconds apart from attention, as (added before it, added after it):
+        one order of additions for every caller, so stepped and bulk steps agree to the bit."""
+        a1, b1, c1, a2, b2, c2, x2, _, _, e4, a5, b5, c5, a6, b6 = self._coeffs[0]
         mlp_bytes = b2 + c2 * tokens
         if x2:
             mlp_bytes += x2 * (1.0 - self._miss ** (tokens * self._spread))
@@ -238,12 +257,9 @@ class CostModel:
         qkv_o = lin if lin > b1 + c1 * tokens else b1 + c1 * tokens
         lin = a2 * tokens
         mlp = lin if lin > mlp_bytes else mlp_bytes
-        lin, mem = a3 * attn_pairs, d3 * (kv_read + tokens)
-        attention = lin if lin > mem else mem
         lin, mem = a5 * seqs, b5 + c5 * seqs
         lm_head = lin if lin > mem else mem
-        allreduce = a6 * tokens + b6
-        return self._host(tokens, seqs) + qkv_o + mlp + attention + e4 * tokens + lm_head + allreduce
+        return self._host(tokens, seqs) + qkv_o + mlp, e4 * tokens + lm_head + a6 * tokens + b6
 
     def _host(self, tokens: float, seqs: float) -> float:
         e = self._efficiency
