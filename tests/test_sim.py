@@ -112,6 +112,39 @@ def test_calibrate_on_one_run_validate_on_another(burst, closed_loop):
     assert abs(table.loc["throughput (output tok/s)", "error"]) < 1.0  # within a factor of two
 
 
+def test_calibrate_recovers_a_known_cost_model_and_keeps_the_run_time():
+    """Steps priced by a cost model with known efficiency (prefills compute-bound, decodes
+    memory-bound): the fit prices them back almost exactly. With noise on every step, the fitted
+    steps still add up to the measured run's time, so predicted throughput starts out right."""
+    import numpy as np
+
+    from llmlab.plan import calibrate
+    from llmlab.plan.cost import CostModel, Efficiency
+
+    truth = CostModel(
+        "smollm2-135m",
+        "A10G",
+        efficiency=Efficiency(compute=0.1, memory=0.9, overhead_s=3e-3, per_token_s=2e-5, per_seq_s=4e-4),
+    )
+    wl = workloads.poisson(40.0, 60, prompt_len=(16, 400), output_len=(4, 40), seed=3)
+    for scale in (0.0, 0.3):
+        noise = np.random.default_rng(1)
+
+        def step_time(slots, noise=noise, scale=scale):
+            return truth.step_time(slots) * float(np.exp(noise.normal(0.0, scale)))
+
+        sim = llmlab.launch("sim", model="smollm2-135m", gpu="A10G", step_time=step_time, max_num_batched_tokens=256)
+        run = sim.run(wl)
+        cal = calibrate(run)
+        steps = [r for r in run.trace.step_records if r.batch][1:]
+        fitted = np.array([cal.step_time(r.batch) for r in steps])
+        measured = np.array([r.t_end - r.t_start for r in steps])
+        assert fitted.sum() == pytest.approx(measured.sum(), rel=1e-3)
+        if scale == 0.0:
+            assert cal.median_step_error < 0.01
+            assert np.abs(fitted / measured - 1).max() < 0.03
+
+
 def test_virtual_clock_places_arrivals_between_steps():
     # request 1 arrives during the third step (0.2..0.3 s): it joins at the fourth, at 0.3 s;
     # request 2 arrives long after the others finished: the clock jumps to its arrival

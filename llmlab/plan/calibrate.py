@@ -2,13 +2,16 @@
 then check the fit honestly by simulating other workloads and comparing with measured runs.
 
 The cost model prices each operator group as max(compute time, memory time). For every step of
-the measured run we split each group into its compute part and its memory part (at efficiency 1),
-decide which side binds, and solve a non-negative least-squares problem
+the measured run we split each group into its compute part and its memory part (at efficiency 1).
+Once the ratio of the two inverse efficiencies, rho = (1 / memory) / (1 / compute), is fixed, so is
+which side binds in every group of every step, and the model is linear:
 
     measured step time = overhead + per_token x tokens + per_seq x requests
-                         + (1 / compute) x compute-bound seconds + (1 / memory) x memory-bound seconds
+                         + (1 / compute) x (compute-bound seconds + rho x memory-bound seconds)
 
-repeating until the binding sides stop changing. Network and pipeline terms stay as modelled.
+We solve that non-negative least-squares problem for each rho on a fine log grid and keep the
+best, so the fitted factors are the model's own least-squares optimum: the steps it prices add up
+to the measured run's time. Network and pipeline terms stay as modelled.
 """
 
 from __future__ import annotations
@@ -134,13 +137,21 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
+def _ratios(comp: np.ndarray, mem: np.ndarray, num: int = 241) -> np.ndarray:
+    """Candidate rho values: a log grid spanning every group's compute/memory ratio in the run,
+    plus the two ends (everything compute-bound, everything memory-bound)."""
+    both = (comp > 0) & (mem > 0)
+    ratios = comp[both] / mem[both]
+    lo, hi = (float(ratios.min()), float(ratios.max())) if ratios.size else (1.0, 1.0)
+    return np.concatenate(([lo / 2], np.geomspace(lo, hi, num) if hi > lo else [lo], [hi * 2]))
+
+
 def calibrate(
     run: Run,
     gpu: Any = None,
     model: Any = None,
     base: Efficiency | None = None,
     skip_first: int = 1,
-    iterations: int = 8,
 ) -> Calibration:
     """Fit compute and memory efficiency, per-step, per-token and per-request overhead to `run`'s steps.
 
@@ -160,31 +171,32 @@ def calibrate(
     comp, mem, fixed = _parts(cm, base, loads)
     tokens = np.array([ld.tokens for ld in loads], dtype=float)
     seqs = np.array([ld.seqs for ld in loads], dtype=float)
-    inv_c, inv_m = 1.0 / base.compute, 1.0 / base.memory
     target = measured - fixed
-    # plain least squares in seconds: with the per-step term free, the fitted steps add up to the
-    # measured run's time, which is what throughput and queueing depend on (a fit of relative
-    # errors lets a few slow steps go and predicted runs drift by 20% or more on a noisy machine)
-    weights = np.ones_like(measured)
-    coef = np.zeros(5)
-    for _ in range(iterations):
-        compute_bound = comp * inv_c >= mem * inv_m
-        xc = np.where(compute_bound, comp, 0.0).sum(axis=1)
-        xm = np.where(compute_bound, 0.0, mem).sum(axis=1)
-        features = np.column_stack([np.ones_like(tokens), tokens, seqs, xc, xm])
-        coef = nnls(features * weights[:, None], target * weights)
-        new_c = coef[3] if coef[3] > 0 else inv_c  # a side that never binds keeps its prior factor
-        new_m = coef[4] if coef[4] > 0 else inv_m
-        if np.isclose(new_c, inv_c) and np.isclose(new_m, inv_m):
-            break
-        inv_c, inv_m = new_c, new_m
+    # least squares in seconds: with the per-step term free, the fitted steps add up to the
+    # measured run's time, which is what throughput and queueing depend on
+    best: tuple[float, float, np.ndarray] | None = None
+    for rho in _ratios(comp, mem):
+        compute_bound = comp >= rho * mem
+        roofline = np.where(compute_bound, comp, rho * mem).sum(axis=1)
+        features = np.column_stack([np.ones_like(tokens), tokens, seqs, roofline])
+        coef = nnls(features, target)
+        sse = float(np.sum((features @ coef - target) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, rho, coef)
+    assert best is not None
+    _, rho, coef = best
+    inv_c = coef[3]
+    if inv_c > 0:
+        compute, memory = 1.0 / inv_c, 1.0 / (rho * inv_c)
+    else:  # the host terms explain the run alone: the roofline gets no weight
+        compute = memory = HUGE
     eff = replace(
         base,
         overhead_s=float(coef[0]),
         per_token_s=float(coef[1]),
         per_seq_s=float(coef[2]),
-        compute=float(1.0 / inv_c),
-        memory=float(1.0 / inv_m),
+        compute=float(compute),
+        memory=float(memory),
     )
     cm.efficiency = eff
     predicted = np.array([cm.step_time(r.batch) for r in records])
