@@ -144,34 +144,36 @@ class Trace:
     @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
-        parts: list[pd.DataFrame] = []
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in SLOT_COLUMNS}
         rows: list[tuple[int, str, str, int, int]] = []
+
+        def add(*columns: Any) -> None:
+            for name, values in zip(SLOT_COLUMNS, columns, strict=True):
+                parts[name].append(np.asarray(values, dtype=object if name in ("req_id", "phase") else "int64"))
+
+        def flush() -> None:
+            if rows:
+                add(*zip(*rows, strict=True))
+                rows.clear()
+
         for e in self._snapshot()[0]:
             if isinstance(e, DecodeRun):
-                if rows:
-                    parts.append(pd.DataFrame(rows, columns=SLOT_COLUMNS))
-                    rows = []
+                flush()
                 k, n = e.num_steps, len(e.req_ids)
                 j = np.repeat(np.arange(k), n)
-                parts.append(
-                    pd.DataFrame(
-                        {
-                            "step": e.step + j,
-                            "req_id": np.tile(np.asarray(e.req_ids, dtype=object), k),
-                            "phase": "decode",
-                            "num_tokens": 1,
-                            "context_len": np.tile(np.asarray(e.context_lens), k) + j,
-                        }
-                    )
+                add(
+                    e.step + j,
+                    np.tile(np.asarray(e.req_ids, dtype=object), k),
+                    np.full(k * n, "decode", dtype=object),
+                    np.ones(k * n, dtype="int64"),
+                    np.tile(np.asarray(e.context_lens), k) + j,
                 )
             else:
                 rows.extend((e.step, s.req_id, s.phase, s.num_tokens, s.context_len) for s in e.batch)
-        if rows:
-            parts.append(pd.DataFrame(rows, columns=SLOT_COLUMNS))
-        if not parts:
+        flush()
+        if not parts["step"]:
             return _frame([], SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
-        df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        return df.astype({"step": "int64", "num_tokens": "int64", "context_len": "int64"})
+        return pd.DataFrame({c: np.concatenate(parts[c]) for c in SLOT_COLUMNS})
 
     @property
     def itl(self) -> pd.DataFrame:
