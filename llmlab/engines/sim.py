@@ -9,6 +9,7 @@ and each one runs to its `max_tokens` (or the context limit).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -324,10 +325,17 @@ class SimEngine(Engine):
         if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
             k = min(k, alloc_steps[blocks.num_free] - 1)
         # the clock after each step (added one step at a time, as stepping does), stopping at the
-        # step that ends at or past the next arrival
-        seconds = self.cost_model.decode_times(n, sum(computed) + n * np.arange(1, k + 1))
-        if seconds is None or not (seconds >= 0.0).all():
-            return None  # pipeline parallel, or a bad step time the regular step reports
+        # step that ends at or past the next arrival; steps only lengthen as the KV grows, so the
+        # first one bounds how many steps that can take
+        kv_read = sum(computed) + n
+        first = self.cost_model.time_for(n, n, kv_read, float(kv_read))
+        if not first > 0.0:
+            return None  # a bad step time: the regular step reports it
+        if until is not None:
+            k = min(k, max(1, math.ceil((until - self.clock) / first)) + 1)
+        seconds = self.cost_model.decode_times(n, kv_read + n * np.arange(k))
+        if seconds is None:
+            return None  # pipeline parallel
         ends = np.cumsum(np.concatenate(([self.clock], seconds)))[1:]
         if until is not None:
             k = min(k, int(np.searchsorted(ends, until)) + 1)
