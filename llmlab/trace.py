@@ -122,8 +122,7 @@ class Trace:
         entries = self._snapshot()[0]
         if not entries:
             return _frame([], STEP_COLUMNS, {"source": "str"})
-        parts = [_step_columns(group) for group in _runs_of_kind(entries)]
-        df = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+        df = _joined([_step_columns(group) for group in _runs_of_kind(entries)])
         df["duration"] = df["t_end"] - df["t_start"]
         return df[STEP_COLUMNS]
 
@@ -144,36 +143,10 @@ class Trace:
     @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
-        parts: dict[str, list[np.ndarray]] = {c: [] for c in SLOT_COLUMNS}
-        rows: list[tuple[int, str, str, int, int]] = []
-
-        def add(*columns: Any) -> None:
-            for name, values in zip(SLOT_COLUMNS, columns, strict=True):
-                parts[name].append(np.asarray(values, dtype=object if name in ("req_id", "phase") else "int64"))
-
-        def flush() -> None:
-            if rows:
-                add(*zip(*rows, strict=True))
-                rows.clear()
-
-        for e in self._snapshot()[0]:
-            if isinstance(e, DecodeRun):
-                flush()
-                k, n = e.num_steps, len(e.req_ids)
-                j = np.repeat(np.arange(k), n)
-                add(
-                    e.step + j,
-                    np.tile(np.asarray(e.req_ids, dtype=object), k),
-                    np.full(k * n, "decode", dtype=object),
-                    np.ones(k * n, dtype="int64"),
-                    np.tile(np.asarray(e.context_lens), k) + j,
-                )
-            else:
-                rows.extend((e.step, s.req_id, s.phase, s.num_tokens, s.context_len) for s in e.batch)
-        flush()
-        if not parts["step"]:
+        parts = [_slot_columns(group) for group in _runs_of_kind(self._snapshot()[0])]
+        if not sum(len(p["step"]) for p in parts):
             return _frame([], SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
-        return pd.DataFrame({c: np.concatenate(parts[c]) for c in SLOT_COLUMNS})
+        return _joined(parts)
 
     @property
     def itl(self) -> pd.DataFrame:
@@ -360,6 +333,33 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
         "prefix_hit_tokens": col([r.prefix_hit_tokens for r in recs]),
         "source": np.asarray([r.source for r in recs], dtype=object),
     }
+
+
+def _slot_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, np.ndarray]:
+    """The slots frame's columns for StepRecords or one DecodeRun."""
+    if isinstance(entries, DecodeRun):
+        e, k, n = entries, entries.num_steps, len(entries.req_ids)
+        j = np.repeat(np.arange(k), n)
+        return {
+            "step": e.step + j,
+            "req_id": np.tile(np.asarray(e.req_ids, dtype=object), k),
+            "phase": np.full(k * n, "decode", dtype=object),
+            "num_tokens": np.ones(k * n, dtype="int64"),
+            "context_len": np.tile(np.asarray(e.context_lens, dtype="int64"), k) + j,
+        }
+    slots = [(r.step, s) for r in entries for s in r.batch]
+    return {
+        "step": np.asarray([step for step, _ in slots], dtype="int64"),
+        "req_id": np.asarray([s.req_id for _, s in slots], dtype=object),
+        "phase": np.asarray([s.phase for _, s in slots], dtype=object),
+        "num_tokens": np.asarray([s.num_tokens for _, s in slots], dtype="int64"),
+        "context_len": np.asarray([s.context_len for _, s in slots], dtype="int64"),
+    }
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """One frame from column chunks, each column concatenated once."""
+    return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
