@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 
-from llmlab.core.records import DecodeRun, RequestRecord
+from llmlab.core.records import Completion, DecodeRun, RequestRecord
 from llmlab.engines.base import Engine, EngineStep
 from llmlab.run import Run
 from llmlab.trace import Trace
@@ -97,8 +97,10 @@ class Session:
                     continue
                 # the next arrival, on the engine's clock: a multi-step call must not run past it
                 until = t0 + pending[0][0].arrival if pending and not self.workload.concurrency else None
+                # in a closed loop every finish lets the next request in, so a run must stop at one
+                past_finishes = not (pending and self.workload.concurrency)
                 ts = engine.now()
-                out = engine.step_until(until)
+                out = engine.step_until(until, past_finishes)
                 rec = out.record
                 if isinstance(rec, DecodeRun):
                     self._record_decode_run(rec, out, step, ts - t0, t0, in_flight)
@@ -121,7 +123,8 @@ class Session:
                         r.first_token = te
                 for req_id in rec.preempted:
                     records[req_id].num_preemptions += 1
-                self._finish(out, te, in_flight)
+                for c in out.finished:
+                    self._finish(c, te, in_flight)
                 trace.add_step(rec)
                 step += 1
                 run._publish(rec)
@@ -143,20 +146,21 @@ class Session:
     ) -> None:
         """Stamp a run of decode steps and give each of its requests one token per step."""
         rec.step, rec.t_start = step, start
-        rec.t_ends = [t - t0 for t in rec.t_ends]
+        rec.t_ends = ends = [t - t0 for t in rec.t_ends]
+        k = len(ends)
         records = self.run.trace.request_records
-        for req_id in rec.req_ids:
+        for req_id, n in zip(rec.req_ids, rec.steps, strict=True):
             r = records[req_id]
-            r.token_times.extend(rec.t_ends)
-            r.output_tokens += rec.num_steps
-        self._finish(out, rec.t_ends[-1], in_flight)
+            r.token_times.extend(ends if n == k else ends[:n])
+            r.output_tokens += n
+        for c, n in zip(out.finished, rec.finish_steps(), strict=True):
+            self._finish(c, ends[n - 1], in_flight)
         self.run.trace.add_step(rec)
 
-    def _finish(self, out: EngineStep, te: float, in_flight: set[str]) -> None:
-        """Record the requests that finished in a step that ended at `te`."""
+    def _finish(self, c: Completion, te: float, in_flight: set[str]) -> None:
+        """Record a request that finished in a step that ended at `te`."""
         trace = self.run.trace
-        for c in out.finished:
-            r = trace.request_records[c.req_id]
-            r.finish, r.finish_reason, r.cached_tokens = te, c.finish_reason, c.cached_tokens
-            trace.add_output(c)
-            in_flight.discard(c.req_id)
+        r = trace.request_records[c.req_id]
+        r.finish, r.finish_reason, r.cached_tokens = te, c.finish_reason, c.cached_tokens
+        trace.add_output(c)
+        in_flight.discard(c.req_id)

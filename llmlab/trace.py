@@ -270,9 +270,8 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
     """The steps frame's columns (all but duration) for StepRecords or one DecodeRun."""
     if isinstance(entries, DecodeRun):
         e, k = entries, entries.num_steps
-        n = len(e.req_ids)
-        last = np.zeros(k, dtype="int64")
-        last[-1] = len(e.finished)
+        active = _active_per_step(e)
+        done = np.bincount(np.asarray(e.finish_steps(), dtype="int64"), minlength=k + 1)[1:]
         used = np.asarray(e.kv_used, dtype="int64")
         cached = np.asarray(e.kv_cached, dtype="int64")
         zeros = np.zeros(k, dtype="int64")
@@ -280,16 +279,16 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
             "step": e.step + np.arange(k),
             "t_start": np.concatenate(([e.t_start], e.t_ends[:-1])),
             "t_end": np.asarray(e.t_ends, dtype="float64"),
-            "batch_size": np.full(k, n),
+            "batch_size": active,
             "prefill_tokens": zeros,
-            "decode_tokens": np.full(k, n),
+            "decode_tokens": active,
             "num_prefill_reqs": zeros,
-            "num_decode_reqs": np.full(k, n),
+            "num_decode_reqs": active,
             "waiting": zeros,
-            "running": n - last,
+            "running": active - done,
             "admitted": zeros,
             "preempted": zeros,
-            "finished": last,
+            "finished": done,
             "kv_used": used,
             "kv_cached": cached,
             "kv_free": e.num_blocks - used - cached,
@@ -335,17 +334,24 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
     }
 
 
+def _active_per_step(run: DecodeRun) -> np.ndarray:
+    """How many requests compute in each step of a decode run."""
+    left = np.cumsum(np.bincount(np.asarray(run.steps, dtype="int64"), minlength=run.num_steps + 1))[: run.num_steps]
+    return len(run.req_ids) - left
+
+
 def _slot_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, np.ndarray]:
     """The slots frame's columns for StepRecords or one DecodeRun."""
     if isinstance(entries, DecodeRun):
-        e, k, n = entries, entries.num_steps, len(entries.req_ids)
-        j = np.repeat(np.arange(k), n)
+        e, k = entries, entries.num_steps
+        j = np.arange(k)[:, None]
+        inside = np.asarray(e.steps)[None, :] > j  # step by request: whether it is in that step
         return {
-            "step": e.step + j,
-            "req_id": np.tile(np.asarray(e.req_ids, dtype=object), k),
-            "phase": np.full(k * n, "decode", dtype=object),
-            "num_tokens": np.ones(k * n, dtype="int64"),
-            "context_len": np.tile(np.asarray(e.context_lens, dtype="int64"), k) + j,
+            "step": np.broadcast_to(e.step + j, inside.shape)[inside],
+            "req_id": np.broadcast_to(np.asarray(e.req_ids, dtype=object), inside.shape)[inside],
+            "phase": np.full(int(inside.sum()), "decode", dtype=object),
+            "num_tokens": np.ones(int(inside.sum()), dtype="int64"),
+            "context_len": (np.asarray(e.context_lens, dtype="int64") + j)[inside],
         }
     slots = [(r.step, s) for r in entries for s in r.batch]
     return {

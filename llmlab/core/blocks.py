@@ -155,9 +155,10 @@ class BlockManager:
         else:
             self.pending_duplicates.discard(req.req_id)
 
-    def commits_independent(self, reqs: list[Request], num_tokens: list[int]) -> bool:
+    def commits_independent(self, reqs: list[Request], num_tokens: list[int], fresh: bool = False) -> bool:
         """Whether committing each request's blocks up to `num_tokens` registers prefixes no other
-        commit here touches (no shared hash, none a pending duplicate's), so their order is moot."""
+        commit here touches (no shared hash, none a pending duplicate's), so their order is moot;
+        with `fresh`, also none the cache holds already."""
         if not self.enable_prefix_caching:
             return True
         bs, committed, seen, count = self.block_size, self._committed, set(), 0
@@ -171,7 +172,7 @@ class BlockManager:
                 new = self._request_hashes(req)[done : n // bs]
                 seen.update(new)
                 count += len(new)
-        return len(seen) == count
+        return len(seen) == count and not (fresh and not self.cached.keys().isdisjoint(seen))
 
     # allocation --------------------------------------------------------------------------
     def can_allocate(

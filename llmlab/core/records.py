@@ -85,17 +85,19 @@ class StepRecord:
 
 @dataclass
 class DecodeRun:
-    """Consecutive decode-only steps with the same batch, stored compactly: every request in
-    `req_ids` computes one token per step, nobody waits, is admitted or is preempted, and
-    `finished` end in the last step. `expand()` gives the `StepRecord`s it stands for; the
+    """Consecutive decode-only steps stored compactly: nobody waits, is admitted or is preempted,
+    and request `req_ids[i]` computes one token in each of the first `steps[i]` steps. A request
+    in fewer steps than the run finished in its last one; `finished` lists every request that
+    finishes, by step then batch order. `expand()` gives the `StepRecord`s it stands for; the
     simulator emits these to cover long stretches of steady decoding without a record each.
     """
 
     step: int  # index of the first step
     t_start: float  # start of the first step; each later step starts where the one before ended
     t_ends: list[float]  # end of every step
-    req_ids: list[str]  # the batch, in batch order
+    req_ids: list[str]  # the first step's batch, in batch order
     context_lens: list[int]  # each request's context after the first step (one more per step)
+    steps: list[int]  # how many of the steps each request is in, from the first
     kv_used: list[int]  # blocks in use after every step
     kv_cached: list[int]  # free blocks still holding a prefix after every step
     block_size: int
@@ -106,24 +108,33 @@ class DecodeRun:
     def num_steps(self) -> int:
         return len(self.t_ends)
 
+    def finish_steps(self) -> list[int]:
+        """The step (counted from 1) in which each of `finished` ends."""
+        steps = dict(zip(self.req_ids, self.steps, strict=True))
+        return [steps[r] for r in self.finished]
+
     def expand(self) -> list[StepRecord]:
         """One `StepRecord` per step, equal to what stepping one at a time records."""
         out = []
-        last = self.num_steps - 1
-        batch_size = len(self.req_ids)
+        ends = self.finish_steps()
         t_start = self.t_start
         for j, t_end in enumerate(self.t_ends):
-            done = self.finished if j == last else []
+            batch = [
+                Slot(r, "decode", 1, c + j)
+                for r, c, s in zip(self.req_ids, self.context_lens, self.steps, strict=True)
+                if s > j
+            ]
+            done = [r for r, s in zip(self.finished, ends, strict=True) if s == j + 1]
             used, cached = self.kv_used[j], self.kv_cached[j]
             out.append(
                 StepRecord(
                     step=self.step + j,
                     t_start=t_start,
                     t_end=t_end,
-                    batch=[Slot(r, "decode", 1, c + j) for r, c in zip(self.req_ids, self.context_lens, strict=True)],
+                    batch=batch,
                     waiting=0,
-                    running=batch_size - len(done),
-                    finished=list(done),
+                    running=len(batch) - len(done),
+                    finished=done,
                     kv=KVSnapshot(self.block_size, self.num_blocks, used, cached, self.num_blocks - used - cached),
                 )
             )

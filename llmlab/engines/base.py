@@ -65,9 +65,10 @@ class Engine:
     def step(self) -> EngineStep:
         raise NotImplementedError
 
-    def step_until(self, until: float | None) -> EngineStep:
+    def step_until(self, until: float | None, past_finishes: bool = True) -> EngineStep:
         """One step; an engine that can may instead compute several steady decode steps at once
-        (a `DecodeRun`), none starting at or after `until` on its clock (the next arrival)."""
+        (a `DecodeRun`), none starting at or after `until` on its clock (the next arrival), and
+        none after a request finishes unless `past_finishes` (no one waits for a finish to arrive)."""
         return self.step()
 
     def abort(self, req_id: str) -> None:

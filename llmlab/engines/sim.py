@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import cache
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -291,49 +292,53 @@ class SimEngine(Engine):
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, dict.fromkeys(sampled, 1), completions)
 
-    def step_until(self, until: float | None) -> EngineStep:
+    def step_until(self, until: float | None, past_finishes: bool = True) -> EngineStep:
         if self.fast_forward and self.cost_model is not None and not self.trace_kv_owners:
-            out = self._decode_run(until)
+            out = self._decode_run(until, past_finishes)
             if out is not None:
                 return out
         return self.step()
 
-    def _decode_run(self, until: float | None) -> EngineStep | None:
+    def _decode_run(self, until: float | None, past_finishes: bool) -> EngineStep | None:
         """Steady decode steps computed together, or None when the next step is not one of them.
 
         The pool, the prefix cache and the clock change exactly as stepping would change them:
-        block allocations and prefix commits happen in step and batch order, only at the steps
-        where they happen; the last step goes through the scheduler's own `update`.
+        block allocations, prefix commits and finishes happen in step and batch order, only at
+        the steps where they happen.
         """
-        sched, blocks = self.scheduler, self.blocks
+        sched, blocks, cost = self.scheduler, self.blocks, self.cost_model
         running = list(sched.running)
         n = len(running)
         if sched.waiting or n == 0 or (sched.config.policy != "static" and n > sched.config.max_num_batched_tokens):
             return None
         limit = sched.config.max_model_len
-        k = MAX_DECODE_RUN
-        computed = []
+        computed, remaining = [], []  # remaining: the step in which each request finishes
         for req in running:
             c = req.num_computed_tokens
             if c != req.num_tokens - 1 or not req.output_token_ids or PLACEHOLDER_TOKEN in req.params.stop_token_ids:
                 return None  # not decoding, or would stop on the placeholder token
             computed.append(c)
-            k = min(k, req.params.max_tokens - req.num_output_tokens, limit - req.num_tokens)
-        bs = blocks.block_size
-        first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
-        alloc_steps = sorted(j for a in first_alloc for j in range(a, k + 1, bs))
-        if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
-            k = min(k, alloc_steps[blocks.num_free] - 1)
-        # the clock after each step (added one step at a time, as stepping does), stopping at the
-        # step that ends at or past the next arrival; steps only lengthen as the KV grows, so the
-        # first one bounds how many steps that can take
-        kv_read = sum(computed) + n
-        first = self.cost_model.time_for(n, n, kv_read, float(kv_read))
-        if not first > 0.0:
+            remaining.append(min(req.params.max_tokens - req.num_output_tokens, limit - req.num_tokens))
+        # the others decode on after a finish, unless someone arrives at it or a block waits to
+        # take over a prefix (each step re-checks those)
+        through = past_finishes and not blocks.pending_duplicates
+        k = min(MAX_DECODE_RUN, max(remaining) if through else min(remaining))
+        # no step is shorter than one request's at the shortest context, which bounds how many
+        # steps can start before the next arrival
+        shortest = min(computed) + 1
+        floor = cost.time_for(1, 1, shortest, float(shortest))
+        if not floor > 0.0:
             return None  # a bad step time: the regular step reports it
         if until is not None:
-            k = min(k, max(1, math.ceil((until - self.clock) / first)) + 1)
-        seconds = self.cost_model.decode_times(n, kv_read + n * np.arange(k))
+            k = min(k, max(1, math.ceil((until - self.clock) / floor)) + 1)
+        bs = blocks.block_size
+        first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
+        alloc_steps = sorted(j for a, r in zip(first_alloc, remaining, strict=True) for j in range(a, min(r, k) + 1, bs))
+        if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
+            k = min(k, alloc_steps[blocks.num_free] - 1)
+        if k < 2:
+            return None
+        seconds = self._decode_seconds(computed, [min(r, k) for r in remaining])
         if seconds is None:
             return None  # pipeline parallel
         ends = np.cumsum(np.concatenate(([self.clock], seconds)))[1:]
@@ -341,23 +346,26 @@ class SimEngine(Engine):
             k = min(k, int(np.searchsorted(ends, until)) + 1)
         if k < 2:
             return None
-        t_ends = ends[:k].tolist()
-        clock = t_ends[-1]
-        kv_used, kv_cached = self._advance_blocks(running, computed, first_alloc, k)
-        # the last step: the scheduler's own update appends the token, commits and finishes
-        batch = Batch(
-            items=[ScheduledRequest(r, c + k - 1, 1, "decode") for r, c in zip(running, computed, strict=True)]
-        )
-        finished = sched.update(batch, dict.fromkeys((r.req_id for r in running), PLACEHOLDER_TOKEN))
-        kv_used.append(blocks.num_used)
-        kv_cached.append(blocks.num_cached_free)
-        self.clock = clock
+        steps = [min(r, k) for r in remaining]
+        advanced = None
+        if min(steps) < k:
+            advanced = self._advance_through_finishes(running, computed, first_alloc, steps, remaining)
+            if advanced is None:  # commits touch the same prefixes: stop at the first finish
+                k = min(steps)
+                if k < 2:
+                    return None
+                steps = [k] * n
+        if advanced is None:
+            advanced = self._advance_to_last(running, computed, first_alloc, k)
+        kv_used, kv_cached, finished = advanced
+        self.clock = float(ends[k - 1])
         record = DecodeRun(
             step=0,
             t_start=0.0,
-            t_ends=t_ends,
+            t_ends=ends[:k].tolist(),
             req_ids=[r.req_id for r in running],
             context_lens=[c + 1 for c in computed],
+            steps=steps,
             kv_used=kv_used,
             kv_cached=kv_cached,
             block_size=bs,
@@ -365,6 +373,74 @@ class SimEngine(Engine):
             finished=[r.req_id for r in finished],
         )
         return EngineStep(record, {}, [self._complete(r) for r in finished])
+
+    def _decode_seconds(self, computed: list[int], steps: list[int]) -> np.ndarray | None:
+        """Each step's modelled time, where request i (context `computed[i]` before the first
+        step) is in the first `steps[i]` steps."""
+        k = max(steps)
+        s = np.asarray(steps)
+        left = np.cumsum(np.bincount(s, minlength=k + 1))[:k]  # requests done before each step
+        ctx = np.cumsum(np.bincount(s, weights=np.asarray(computed, dtype=np.float64) + 1, minlength=k + 1))[:k]
+        seqs = len(steps) - left
+        kv = (float(sum(computed) + len(computed)) - ctx).astype(np.int64) + seqs * np.arange(k)
+        return self.cost_model.decode_times(seqs, kv)
+
+    def _advance_to_last(
+        self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
+    ) -> tuple[list[int], list[int], list[Request]]:
+        """All of `running` through k steps, the last one by the scheduler's own `update` (which
+        appends the token, commits and finishes); returns blocks used and cached-free after each
+        step, and the requests that finished."""
+        sched, blocks = self.scheduler, self.blocks
+        kv_used, kv_cached = self._advance_blocks(running, computed, first_alloc, k)
+        batch = Batch(
+            items=[ScheduledRequest(r, c + k - 1, 1, "decode") for r, c in zip(running, computed, strict=True)]
+        )
+        finished = sched.update(batch, dict.fromkeys((r.req_id for r in running), PLACEHOLDER_TOKEN))
+        kv_used.append(blocks.num_used)
+        kv_cached.append(blocks.num_cached_free)
+        return kv_used, kv_cached, finished
+
+    def _advance_through_finishes(
+        self, running: list[Request], computed: list[int], first_alloc: list[int], steps: list[int], finish: list[int]
+    ) -> tuple[list[int], list[int], list[Request]] | None:
+        """Request i through `steps[i]` steps, finishing when that is `finish[i]`: returns blocks
+        used and cached-free after each step and the finished requests, or None (and no change)
+        when the order of the commits could matter. Every new block comes off the front of the
+        free queue before any finish's blocks join its back, and no commit meets a cached prefix
+        or another commit's, so the pool can change in bulk and still end where stepping ends."""
+        sched, blocks, bs = self.scheduler, self.blocks, self.blocks.block_size
+        for req, n in zip(running, steps, strict=True):
+            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * n)
+        targets = [c + n for c, n in zip(computed, steps, strict=True)]
+        if not blocks.commits_independent(running, targets, fresh=True):
+            for req, n in zip(running, steps, strict=True):
+                del req.output_token_ids[-n:]  # placeholders again later: hashes computed stay right
+            return None
+        k = max(steps)
+        used = [0] * (k + 1)  # change in blocks used, then cached-free, at each step
+        cached = [0] * (k + 1)
+        used[0], cached[0] = blocks.num_used, blocks.num_cached_free
+        events = sorted(
+            (j, i) for i, (a, n) in enumerate(zip(first_alloc, steps, strict=True)) for j in range(a, n + 1, bs)
+        )
+        evicts: list[bool] = []
+        taken = blocks.pop_free(len(events), evicts)
+        for (j, i), block_id, evicted in zip(events, taken, evicts, strict=True):
+            running[i].block_ids.append(block_id)
+            used[j] += 1
+            cached[j] -= evicted
+        for req, t in zip(running, targets, strict=True):
+            req.num_computed_tokens = t
+            blocks.commit(req)
+        finished = []
+        for n, i in sorted((n, i) for i, n in enumerate(steps) if n == finish[i]):
+            req = running[i]
+            before = blocks.num_used, blocks.num_cached_free
+            finished.append(sched.finish(req, "length"))
+            used[n] += blocks.num_used - before[0]
+            cached[n] += blocks.num_cached_free - before[1]
+        return list(accumulate(used))[1:], list(accumulate(cached))[1:], finished
 
     def _advance_blocks(
         self, running: list[Request], computed: list[int], first_alloc: list[int], k: int

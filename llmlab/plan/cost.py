@@ -237,14 +237,20 @@ class CostModel:
         lin, mem = a3 * attn_pairs, d3 * (kv_read + tokens)
         return before + (lin if lin > mem else mem) + after
 
-    def decode_times(self, seqs: int, kv_reads: np.ndarray) -> np.ndarray | None:
-        """`time_for` of decode steps of `seqs` requests reading `kv_reads[i]` KV tokens at step i,
-        all at once: the same arithmetic elementwise, so the same seconds. None when pp > 1."""
-        if self.pp > 1 or seqs <= 0:
+    def decode_times(self, seqs: np.ndarray, kv_reads: np.ndarray) -> np.ndarray | None:
+        """`time_for` of decode steps of `seqs[i]` (>= 1) requests reading `kv_reads[i]` KV tokens
+        at step i, all at once: the same arithmetic elementwise, so the same seconds. None when pp > 1."""
+        if self.pp > 1:
             return None
-        before, after = self._around_attention(seqs, seqs)
+        table = self._decode_parts
+        top = int(seqs.max())
+        if top >= len(table):  # the parts apart from attention, by batch size, grown on demand
+            sizes = range(len(table), max(top + 1, 2 * len(table)))
+            table = np.concatenate((table, [self._around_attention(n, n) for n in sizes]))
+            self._decode_parts = table
+        parts = table[seqs]
         a3, d3 = self._coeffs[0][7:9]
-        return before + np.maximum(a3 * kv_reads.astype(np.float64), d3 * (kv_reads + seqs)) + after
+        return parts[:, 0] + np.maximum(a3 * kv_reads.astype(np.float64), d3 * (kv_reads + seqs)) + parts[:, 1]
 
     def _around_attention(self, tokens: int, seqs: int) -> tuple[float, float]:
         """A one-stage step's seconds apart from attention, as (added before it, added after it):
@@ -301,6 +307,7 @@ class CostModel:
             raise ValueError(f"efficiency must be an Efficiency, got {type(value).__name__}")
         self._efficiency = value
         self._coeffs = [self._coefficients(st, value) for st in self.stages]
+        self._decode_parts = np.full((1, 2), np.nan)  # decode_times' table, by batch size
 
     def _coefficients(self, st: _Stage, e: Efficiency) -> tuple[float, ...]:
         """Fold rates, bandwidth and efficiencies into per-unit seconds, so a step is a few multiply-adds."""
