@@ -9,6 +9,7 @@ import pytest
 
 import llmlab
 from llmlab import workloads
+from llmlab.core.blocks import BlockManager
 from llmlab.engines.sim import ReplayStepTimes, SimEngine
 from llmlab.session import Session
 from llmlab.trace import Trace
@@ -286,10 +287,8 @@ def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, mo
     # and a small pool evicts cached prefixes during the decode runs; here commits touch the same
     # prefixes, so the decode runs must take the step-by-step block path
     stepwise = []
-    original = SimEngine._advance_blocks_stepwise
-    monkeypatch.setattr(
-        SimEngine, "_advance_blocks_stepwise", lambda self, *a: stepwise.append(1) or original(self, *a)
-    )
+    original = SimEngine._advance_stepwise
+    monkeypatch.setattr(SimEngine, "_advance_stepwise", lambda self, *a: stepwise.append(1) or original(self, *a))
     prompts = [list(range(1, 14))] * 6 + [[1, 2, 3, 4, 5, 6, 7, 8, 20, 21]] * 3
     wl = workloads.fixed(prompts, max_tokens=50)
     knobs = dict(model="smollm2-135m", gpu="H100-SXM", block_size=4, max_model_len=128)
@@ -297,6 +296,31 @@ def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, mo
         knobs["num_blocks"] = num_blocks
     (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, **knobs)
     assert stepwise
+    assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert _pool_state(fast_eng) == _pool_state(slow_eng)
+
+
+def test_fast_forward_stops_at_a_finish_when_a_commit_meets_a_cached_prefix(monkeypatch):
+    # the third request repeats the first one's prompt a little later, so the output blocks it
+    # fills hash like those the first registered already; the second finishes mid-run, and past
+    # that finish the order of commits could matter, so the run must stop at it
+    refused = []
+    original = BlockManager.commits_independent
+
+    def spy(self, reqs, num_tokens, fresh=False):
+        ok = original(self, reqs, num_tokens, fresh)
+        if fresh and not ok:
+            refused.append(num_tokens)
+        return ok
+
+    monkeypatch.setattr(BlockManager, "commits_independent", spy)
+    wl = workloads.fixed([list(range(1, 14)), list(range(30, 50)), list(range(1, 14))], max_tokens=60)
+    wl.items[1].max_tokens = 30
+    wl.items[2].arrival = 0.004
+    knobs = dict(model="smollm2-135m", gpu="H100-SXM", block_size=4, max_model_len=128)
+    (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, **knobs)
+    assert refused
+    assert len(fast.trace._entries) < len(slow.trace._entries)
     assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
     assert _pool_state(fast_eng) == _pool_state(slow_eng)
 

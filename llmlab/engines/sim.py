@@ -9,18 +9,15 @@ and each one runs to its `max_tokens` (or the context limit).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import cache
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
-from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig
+from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
 
 if TYPE_CHECKING:
@@ -306,7 +303,7 @@ class SimEngine(Engine):
         block allocations, prefix commits and finishes happen in step and batch order, only at
         the steps where they happen.
         """
-        sched, blocks, cost = self.scheduler, self.blocks, self.cost_model
+        sched, blocks = self.scheduler, self.blocks
         running = list(sched.running)
         n = len(running)
         if sched.waiting or n == 0 or (sched.config.policy != "static" and n > sched.config.max_num_batched_tokens):
@@ -323,106 +320,73 @@ class SimEngine(Engine):
         # take over a prefix (each step re-checks those)
         through = past_finishes and not blocks.pending_duplicates
         k = min(MAX_DECODE_RUN, max(remaining) if through else min(remaining))
-        # no step is shorter than one request's at the shortest context, which bounds how many
-        # steps can start before the next arrival
-        shortest = min(computed) + 1
-        floor = cost.time_for(1, 1, shortest, float(shortest))
-        if not floor > 0.0:
-            return None  # a bad step time: the regular step reports it
-        if until is not None:
-            k = min(k, max(1, math.ceil((until - self.clock) / floor)) + 1)
+        ends = self.cost_model.decode_ends(self.clock, computed, [min(r, k) for r in remaining], until)
+        if ends is None:
+            return None  # pipeline parallel, or a bad step time (the regular step reports it)
         bs = blocks.block_size
         first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
-        alloc_steps = sorted(j for a, r in zip(first_alloc, remaining, strict=True) for j in range(a, min(r, k) + 1, bs))
+        k = len(ends)
+        alloc_steps = sorted(
+            j for a, r in zip(first_alloc, remaining, strict=True) for j in range(a, min(r, k) + 1, bs)
+        )
         if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
-            k = min(k, alloc_steps[blocks.num_free] - 1)
-        if k < 2:
-            return None
-        seconds = self._decode_seconds(computed, [min(r, k) for r in remaining])
-        if seconds is None:
-            return None  # pipeline parallel
-        ends = np.cumsum(np.concatenate(([self.clock], seconds)))[1:]
-        if until is not None:
-            k = min(k, int(np.searchsorted(ends, until)) + 1)
+            k = alloc_steps[blocks.num_free] - 1
         if k < 2:
             return None
         steps = [min(r, k) for r in remaining]
-        advanced = None
-        if min(steps) < k:
-            advanced = self._advance_through_finishes(running, computed, first_alloc, steps, remaining)
-            if advanced is None:  # commits touch the same prefixes: stop at the first finish
-                k = min(steps)
-                if k < 2:
-                    return None
-                steps = [k] * n
-        if advanced is None:
-            advanced = self._advance_to_last(running, computed, first_alloc, k)
-        kv_used, kv_cached, finished = advanced
-        self.clock = float(ends[k - 1])
+        for req, s in zip(running, steps, strict=True):
+            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * s)
+        targets = [c + s for c, s in zip(computed, steps, strict=True)]
+        if min(steps) < k and not blocks.commits_independent(running, targets, fresh=True):
+            # the order of commits could matter at a finish: stop at the first one instead (the
+            # tokens taken back are placeholders again later, so the hashes made stay right)
+            k = min(steps)
+            keep = k if k >= 2 else 0
+            for req, s in zip(running, steps, strict=True):
+                del req.output_token_ids[len(req.output_token_ids) - s + keep :]
+            if k < 2:
+                return None
+            steps, targets = [k] * n, [c + k for c in computed]
+        if min(steps) < k or blocks.commits_independent(running, targets):
+            used, cached = self._advance_in_bulk(running, first_alloc, steps, targets)
+        else:
+            used, cached = self._advance_stepwise(running, computed, first_alloc, k)
+        finished = []
+        for s, i in sorted((s, i) for i, s in enumerate(steps) if s == remaining[i]):
+            before = blocks.num_used, blocks.num_cached_free
+            finished.append(sched.finish(running[i], "length"))
+            used[s] += blocks.num_used - before[0]
+            cached[s] += blocks.num_cached_free - before[1]
+        self.clock = ends[k - 1]
         record = DecodeRun(
             step=0,
             t_start=0.0,
-            t_ends=ends[:k].tolist(),
+            t_ends=ends[:k],
             req_ids=[r.req_id for r in running],
             context_lens=[c + 1 for c in computed],
             steps=steps,
-            kv_used=kv_used,
-            kv_cached=kv_cached,
+            kv_used=list(accumulate(used))[1:],
+            kv_cached=list(accumulate(cached))[1:],
             block_size=bs,
             num_blocks=blocks.num_blocks,
             finished=[r.req_id for r in finished],
         )
         return EngineStep(record, {}, [self._complete(r) for r in finished])
 
-    def _decode_seconds(self, computed: list[int], steps: list[int]) -> np.ndarray | None:
-        """Each step's modelled time, where request i (context `computed[i]` before the first
-        step) is in the first `steps[i]` steps."""
+    def _advance_in_bulk(
+        self, running: list[Request], first_alloc: list[int], steps: list[int], targets: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """Allocate and commit request i's blocks through `steps[i]` steps (to `targets[i]`
+        computed tokens) in one go; returns the blocks used and cached-free before the run, then
+        their change at each step. Every new block comes off the front of the free queue (the
+        caller bounded the run by the free blocks), and no commit's order matters (checked), so
+        the pool ends where stepping ends."""
+        blocks, bs = self.blocks, self.blocks.block_size
         k = max(steps)
-        s = np.asarray(steps)
-        left = np.cumsum(np.bincount(s, minlength=k + 1))[:k]  # requests done before each step
-        ctx = np.cumsum(np.bincount(s, weights=np.asarray(computed, dtype=np.float64) + 1, minlength=k + 1))[:k]
-        seqs = len(steps) - left
-        kv = (float(sum(computed) + len(computed)) - ctx).astype(np.int64) + seqs * np.arange(k)
-        return self.cost_model.decode_times(seqs, kv)
-
-    def _advance_to_last(
-        self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
-    ) -> tuple[list[int], list[int], list[Request]]:
-        """All of `running` through k steps, the last one by the scheduler's own `update` (which
-        appends the token, commits and finishes); returns blocks used and cached-free after each
-        step, and the requests that finished."""
-        sched, blocks = self.scheduler, self.blocks
-        kv_used, kv_cached = self._advance_blocks(running, computed, first_alloc, k)
-        batch = Batch(
-            items=[ScheduledRequest(r, c + k - 1, 1, "decode") for r, c in zip(running, computed, strict=True)]
-        )
-        finished = sched.update(batch, dict.fromkeys((r.req_id for r in running), PLACEHOLDER_TOKEN))
-        kv_used.append(blocks.num_used)
-        kv_cached.append(blocks.num_cached_free)
-        return kv_used, kv_cached, finished
-
-    def _advance_through_finishes(
-        self, running: list[Request], computed: list[int], first_alloc: list[int], steps: list[int], finish: list[int]
-    ) -> tuple[list[int], list[int], list[Request]] | None:
-        """Request i through `steps[i]` steps, finishing when that is `finish[i]`: returns blocks
-        used and cached-free after each step and the finished requests, or None (and no change)
-        when the order of the commits could matter. Every new block comes off the front of the
-        free queue before any finish's blocks join its back, and no commit meets a cached prefix
-        or another commit's, so the pool can change in bulk and still end where stepping ends."""
-        sched, blocks, bs = self.scheduler, self.blocks, self.blocks.block_size
-        for req, n in zip(running, steps, strict=True):
-            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * n)
-        targets = [c + n for c, n in zip(computed, steps, strict=True)]
-        if not blocks.commits_independent(running, targets, fresh=True):
-            for req, n in zip(running, steps, strict=True):
-                del req.output_token_ids[-n:]  # placeholders again later: hashes computed stay right
-            return None
-        k = max(steps)
-        used = [0] * (k + 1)  # change in blocks used, then cached-free, at each step
-        cached = [0] * (k + 1)
-        used[0], cached[0] = blocks.num_used, blocks.num_cached_free
+        used = [blocks.num_used] + [0] * k
+        cached = [blocks.num_cached_free] + [0] * k
         events = sorted(
-            (j, i) for i, (a, n) in enumerate(zip(first_alloc, steps, strict=True)) for j in range(a, n + 1, bs)
+            (j, i) for i, (a, s) in enumerate(zip(first_alloc, steps, strict=True)) for j in range(a, s + 1, bs)
         )
         evicts: list[bool] = []
         taken = blocks.pop_free(len(events), evicts)
@@ -433,55 +397,21 @@ class SimEngine(Engine):
         for req, t in zip(running, targets, strict=True):
             req.num_computed_tokens = t
             blocks.commit(req)
-        finished = []
-        for n, i in sorted((n, i) for i, n in enumerate(steps) if n == finish[i]):
-            req = running[i]
-            before = blocks.num_used, blocks.num_cached_free
-            finished.append(sched.finish(req, "length"))
-            used[n] += blocks.num_used - before[0]
-            cached[n] += blocks.num_cached_free - before[1]
-        return list(accumulate(used))[1:], list(accumulate(cached))[1:], finished
+        return used, cached
 
-    def _advance_blocks(
+    def _advance_stepwise(
         self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
     ) -> tuple[list[int], list[int]]:
-        """Steps 1..k-1 of a decode run on the block pool, plus step k's allocations; returns blocks
-        used and cached-free after each of steps 1..k-1. Step k's `update` commits the prefixes
-        when no two commits touch the same one; otherwise each commit happens at its own step."""
-        blocks, bs = self.blocks, self.blocks.block_size
-        for req in running:
-            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * (k - 1))  # step k's token comes from update
-        if not blocks.commits_independent(running, [c + k for c in computed]):
-            return self._advance_blocks_stepwise(running, computed, first_alloc, k)
-        # allocations in step and batch order take the free queue's first blocks in turn
-        events = sorted((j, i) for i, a in enumerate(first_alloc) for j in range(a, k + 1, bs))
-        evicts: list[bool] = []
-        for (_, i), block_id in zip(events, blocks.pop_free(len(events), evicts), strict=True):
-            running[i].block_ids.append(block_id)
-        used, cached = blocks.num_used - len(events), blocks.num_cached_free + sum(evicts)
-        used_after, cached_after, e = [], [], 0
-        for j in range(1, k):
-            while e < len(events) and events[e][0] == j:
-                used += 1
-                cached -= evicts[e]
-                e += 1
-            used_after.append(used)
-            cached_after.append(cached)
-        return used_after, cached_after
-
-    def _advance_blocks_stepwise(
-        self, running: list[Request], computed: list[int], first_alloc: list[int], k: int
-    ) -> tuple[list[int], list[int]]:
-        """`_advance_blocks` when commits touch the same prefixes: every allocation and commit at
-        its own step, in batch order, with waiting duplicates re-checked after each eviction."""
+        """`_advance_in_bulk` for k steps of every request when commits touch the same prefixes:
+        every allocation and commit at its own step, in batch order, with waiting duplicates
+        re-checked after each eviction."""
         blocks, bs = self.blocks, self.blocks.block_size
         events: list[tuple[int, int, int]] = []  # (step, 0 allocate / 1 commit, batch index)
         for i, c in enumerate(computed):
             events += ((j, 0, i) for j in range(first_alloc[i], k + 1, bs))
-            events += ((j, 1, i) for j in range(bs - c % bs, k, bs))
+            events += ((j, 1, i) for j in range(bs - c % bs, k + 1, bs))
         events.sort()
-        changes: dict[int, tuple[int, int]] = {}  # step -> (used, cached free) after it, where they changed
-        state = (blocks.num_used, blocks.num_cached_free)
+        state = [(blocks.num_used, blocks.num_cached_free)] * (k + 1)
         e, num_events = 0, len(events)
         while e < num_events:
             j = events[e][0]
@@ -494,20 +424,17 @@ class SimEngine(Engine):
                 else:
                     commits.append(i)
                 e += 1
-            if j == k:
-                break  # step k's commits are update's
             if blocks.pending_duplicates and len(blocks.cached) < num_cached:
                 # an eviction: blocks waiting on a prefix another block held may register now
                 commits += (i for i, r in enumerate(running) if r.req_id in blocks.pending_duplicates)
             for i in sorted(set(commits)):
                 running[i].num_computed_tokens = computed[i] + j
                 blocks.commit(running[i])
-            changes[j] = (blocks.num_used, blocks.num_cached_free)
-        used, cached = [], []
-        for j in range(1, k):
-            state = changes.get(j, state)
-            used.append(state[0])
-            cached.append(state[1])
+            state[j:] = [(blocks.num_used, blocks.num_cached_free)] * (k + 1 - j)
+        for req, c in zip(running, computed, strict=True):
+            req.num_computed_tokens = c + k
+        used = [state[0][0]] + [state[j][0] - state[j - 1][0] for j in range(1, k + 1)]
+        cached = [state[0][1]] + [state[j][1] - state[j - 1][1] for j in range(1, k + 1)]
         return used, cached
 
     def _complete(self, req: Request) -> Completion:

@@ -31,8 +31,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from llmlab.models.shapes import ModelShape, get_shape
 from llmlab.plan.hardware import Hardware, get_hardware
 from llmlab.plan.memory import (
@@ -237,20 +235,39 @@ class CostModel:
         lin, mem = a3 * attn_pairs, d3 * (kv_read + tokens)
         return before + (lin if lin > mem else mem) + after
 
-    def decode_times(self, seqs: np.ndarray, kv_reads: np.ndarray) -> np.ndarray | None:
-        """`time_for` of decode steps of `seqs[i]` (>= 1) requests reading `kv_reads[i]` KV tokens
-        at step i, all at once: the same arithmetic elementwise, so the same seconds. None when pp > 1."""
+    def decode_ends(
+        self, clock: float, contexts: list[int], steps: list[int], until: float | None
+    ) -> list[float] | None:
+        """When each of consecutive decode steps from `clock` ends, where request i (with
+        `contexts[i]` tokens cached before the first) is in the first `steps[i]` of them; up to
+        the step that ends at or past `until`. Each step is `time_for`'s arithmetic (its parts
+        apart from attention kept by batch size) and the clock adds them one at a time, as
+        stepping does, so the seconds are the same to the bit. None when pp > 1 or a step's
+        time is not positive."""
         if self.pp > 1:
             return None
-        table = self._decode_parts
-        top = int(seqs.max())
-        if top >= len(table):  # the parts apart from attention, by batch size, grown on demand
-            sizes = range(len(table), max(top + 1, 2 * len(table)))
-            table = np.concatenate((table, [self._around_attention(n, n) for n in sizes]))
-            self._decode_parts = table
-        parts = table[seqs]
-        a3, d3 = self._coeffs[0][7:9]
-        return parts[:, 0] + np.maximum(a3 * kv_reads.astype(np.float64), d3 * (kv_reads + seqs)) + parts[:, 1]
+        parts, (a3, d3) = self._decode_parts, self._coeffs[0][7:9]
+        leaving: dict[int, tuple[int, int]] = {}  # step -> (requests, their KV) gone before it
+        for c, s in zip(contexts, steps, strict=True):
+            n, kv = leaving.get(s, (0, 0))
+            leaving[s] = (n + 1, kv + c + 1)
+        seqs, kv = len(steps), sum(contexts) + len(steps)
+        ends = []
+        for t in range(max(steps)):
+            if t in leaving:
+                gone, gone_kv = leaving[t]
+                seqs, kv = seqs - gone, kv - gone_kv
+            read = kv + seqs * t
+            before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
+            lin, mem = a3 * read, d3 * (read + seqs)
+            seconds = before + (lin if lin > mem else mem) + after
+            if not seconds > 0.0:
+                return None
+            clock += seconds
+            ends.append(clock)
+            if until is not None and clock >= until:
+                break
+        return ends
 
     def _around_attention(self, tokens: int, seqs: int) -> tuple[float, float]:
         """A one-stage step's seconds apart from attention, as (added before it, added after it):
@@ -307,7 +324,7 @@ class CostModel:
             raise ValueError(f"efficiency must be an Efficiency, got {type(value).__name__}")
         self._efficiency = value
         self._coeffs = [self._coefficients(st, value) for st in self.stages]
-        self._decode_parts = np.full((1, 2), np.nan)  # decode_times' table, by batch size
+        self._decode_parts: dict[int, tuple[float, float]] = {}  # decode_ends' cache, by batch size
 
     def _coefficients(self, st: _Stage, e: Efficiency) -> tuple[float, ...]:
         """Fold rates, bandwidth and efficiencies into per-unit seconds, so a step is a few multiply-adds."""
