@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from llmlab.core.request import Request
 from llmlab.core.scheduler import Batch, Scheduler
 
 
@@ -23,15 +26,17 @@ class Policy:
         raise NotImplementedError
 
     @staticmethod
-    def run_running(s: Scheduler, batch: Batch, budget: int, which=lambda r: True) -> int:
-        """Give running requests (those `which` accepts) their next tokens within `budget`."""
+    def run_running(s: Scheduler, batch: Batch, budget: int, which: Callable[[Request], bool] | None = None) -> int:
+        """Give running requests (those `which` accepts, default all) their next tokens within `budget`."""
+        chunk = s.config.enable_chunked_prefill or s.policy.always_chunk
         for req in list(s.running):
             if budget <= 0:
                 break
-            if req not in s.running or not which(req):
-                continue
-            n = min(req.num_remaining, budget)
-            if n < req.num_remaining and not (s.config.enable_chunked_prefill or s.policy.always_chunk):
+            if (batch.preempted and req not in s.running) or (which is not None and not which(req)):
+                continue  # preempted by an earlier request of this step, or not this pass's kind
+            left = req.num_tokens - req.num_computed_tokens
+            n = left if left < budget else budget
+            if n < left and not chunk:
                 continue
             if s.try_grow(batch, req, n):
                 budget -= n

@@ -168,13 +168,17 @@ class Scheduler:
         """Advance requests by the computed tokens, append sampled ones; return those that finished."""
         finished = []
         limit = self.config.max_model_len
+        blocks = self.blocks
+        bs, pending = blocks.block_size, blocks.pending_duplicates
         for item in batch.items:
             req = item.request
-            if req.is_finished:  # aborted while the step ran
+            if req.status is Status.FINISHED:  # aborted while the step ran
                 continue
-            req.num_computed_tokens = item.start + item.num_tokens
-            self.blocks.commit(req)
-            if item.samples and req.req_id in sampled:
+            start = item.start
+            end = req.num_computed_tokens = start + item.num_tokens
+            if end // bs > start // bs or req.req_id in pending:  # a block filled, or one waits to register
+                blocks.commit(req)
+            if end == req.num_tokens and req.req_id in sampled:
                 reason = req.append_token(sampled[req.req_id])
                 if reason is None and req.num_tokens >= limit:
                     reason = "length"
@@ -198,14 +202,15 @@ class Scheduler:
     # helpers the policies share ---------------------------------------------------------
     def try_grow(self, batch: Batch, req: Request, num_tokens: int) -> bool:
         """Schedule `num_tokens` more for a running request, preempting from the back if the pool is full."""
-        while not self.blocks.allocate(req, req.num_computed_tokens + num_tokens):
+        start = req.num_computed_tokens
+        while not self.blocks.allocate(req, start + num_tokens):
             victim = self.running[-1]
             self.preempt(victim)
             batch.preempted.append(victim.req_id)
             batch.items = [i for i in batch.items if i.request is not victim]
             if victim is req:
                 return False
-        batch.items.append(ScheduledRequest(req, req.num_computed_tokens, num_tokens, phase_of(req, num_tokens)))
+        batch.items.append(ScheduledRequest(req, start, num_tokens, phase_of(req, num_tokens)))
         return True
 
     def try_admit(self, batch: Batch, budget: int, chunk: bool) -> int:
@@ -244,6 +249,6 @@ class Scheduler:
 
 def phase_of(req: Request, num_tokens: int) -> Phase:
     """A step that computes just the last sampled token is a decode; anything else is prefill."""
-    if num_tokens == 1 and req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1:
+    if num_tokens == 1 and req.output_token_ids and req.num_computed_tokens == req.num_tokens - 1:
         return "decode"
     return "prefill"
