@@ -85,7 +85,8 @@ def test_range_prompts_hash_by_their_ids():
     """A range prompt's blocks are named by their first id: equal ranges share every hash,
     different ones share none, and output tokens chain on as for a list prompt."""
     r = Request("r", range(100, 110))
-    r.output_token_ids += [7, 8, 9]
+    for token in (7, 8, 9):
+        r.append_token(token)
     same = Request("same", range(100, 113))
     shifted = Request("shifted", range(101, 114))
     hashes = chain_hashes(r, 4)

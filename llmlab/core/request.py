@@ -61,7 +61,8 @@ class Request:
         self.arrival = arrival
         self.eos_token_ids = eos_token_ids
         self.status = Status.WAITING
-        self.output_token_ids: list[int] = []
+        self.output_token_ids: list[int] = []  # grown only through the methods below
+        self.num_tokens = self.num_prompt_tokens  # prompt plus output: kept, as the scheduler reads it often
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.block_ids: list[int] = []  # the block table
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
@@ -81,10 +82,6 @@ class Request:
         if start >= p:
             return self.output_token_ids[start - p : stop - p]
         return [*self.prompt_token_ids[start:], *self.output_token_ids[: stop - p]]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prompt_tokens + len(self.output_token_ids)
 
     @property
     def num_output_tokens(self) -> int:
@@ -111,6 +108,7 @@ class Request:
     def append_token(self, token_id: int) -> str | None:
         """Add a sampled token; return a finish reason when a stop condition is met."""
         self.output_token_ids.append(token_id)
+        self.num_tokens += 1
         p = self.params
         if not p.ignore_eos and token_id in self.eos_token_ids:
             return "stop"
@@ -119,6 +117,17 @@ class Request:
         if self.num_output_tokens >= p.max_tokens:
             return "length"
         return None
+
+    def extend_outputs(self, token_id: int, n: int) -> None:
+        """Append `n` copies of `token_id` with no stop checks (the simulator's placeholders)."""
+        self.output_token_ids += [token_id] * n
+        self.num_tokens += n
+
+    def drop_outputs(self, n: int) -> None:
+        """Take back the last `n` output tokens (the simulator, undoing a look ahead)."""
+        if n > 0:
+            del self.output_token_ids[-n:]
+            self.num_tokens -= n
 
     def __repr__(self) -> str:
         return (

@@ -335,7 +335,7 @@ class SimEngine(Engine):
             return None
         steps = [min(r, k) for r in remaining]
         for req, s in zip(running, steps, strict=True):
-            req.output_token_ids.extend([PLACEHOLDER_TOKEN] * s)
+            req.extend_outputs(PLACEHOLDER_TOKEN, s)
         targets = [c + s for c, s in zip(computed, steps, strict=True)]
         if min(steps) < k and not blocks.commits_independent(running, targets, fresh=True):
             # the order of commits could matter at a finish: stop at the first one instead (the
@@ -343,7 +343,7 @@ class SimEngine(Engine):
             k = min(steps)
             keep = k if k >= 2 else 0
             for req, s in zip(running, steps, strict=True):
-                del req.output_token_ids[len(req.output_token_ids) - s + keep :]
+                req.drop_outputs(s - keep)
             if k < 2:
                 return None
             steps, targets = [k] * n, [c + k for c in computed]
@@ -394,9 +394,13 @@ class SimEngine(Engine):
             running[i].block_ids.append(block_id)
             used[j] += 1
             cached[j] -= evicted
+        pending = blocks.pending_duplicates
         for req, t in zip(running, targets, strict=True):
-            req.num_computed_tokens = t
-            blocks.commit(req)
+            if t // bs > req.num_computed_tokens // bs or req.req_id in pending:  # a block filled
+                req.num_computed_tokens = t
+                blocks.commit(req)
+            else:
+                req.num_computed_tokens = t
         return used, cached
 
     def _advance_stepwise(
