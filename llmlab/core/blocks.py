@@ -155,6 +155,35 @@ class BlockManager:
         else:
             self.pending_duplicates.discard(req.req_id)
 
+    def commit_many(self, reqs: list[Request]) -> None:
+        """`commit` each of `reqs`, in one pass when none has a block waiting to register and
+        every prefix they register is new (the simulator's decode runs, most of the time)."""
+        if not self.enable_prefix_caching:
+            return
+        bs, committed = self.block_size, self._committed
+        filled: list[tuple[str, int]] = []
+        new_ids: list[int] = []
+        new_hashes: list[int] = []
+        for req in reqs:
+            done, duplicates = committed.get(req.req_id, (0, ()))
+            if duplicates:
+                break
+            full = min(req.num_computed_tokens // bs, len(req.block_ids))
+            if full > done:
+                filled.append((req.req_id, full))
+                new_ids += req.block_ids[done:full]
+                new_hashes += self._request_hashes(req)[done:full]
+        else:
+            if self.cached.keys().isdisjoint(new_hashes) and len(set(new_hashes)) == len(new_hashes):
+                block_hashes = self.block_hashes
+                for block_id, h in zip(new_ids, new_hashes, strict=True):
+                    block_hashes[block_id] = h
+                self.cached.update(zip(new_hashes, new_ids, strict=True))
+                committed.update((req_id, (full, ())) for req_id, full in filled)
+                return
+        for req in reqs:
+            self.commit(req)
+
     def commits_independent(self, reqs: list[Request], num_tokens: list[int], fresh: bool = False) -> bool:
         """Whether committing each request's blocks up to `num_tokens` registers prefixes no other
         commit here touches (no shared hash, none a pending duplicate's), so their order is moot;

@@ -326,11 +326,10 @@ class SimEngine(Engine):
         bs = blocks.block_size
         first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
         k = len(ends)
-        alloc_steps = sorted(
-            j for a, r in zip(first_alloc, remaining, strict=True) for j in range(a, min(r, k) + 1, bs)
-        )
-        if len(alloc_steps) > blocks.num_free:  # the pool runs dry: the step before that one is the last
-            k = alloc_steps[blocks.num_free] - 1
+        allocs = [range(a, min(r, k) + 1, bs) for a, r in zip(first_alloc, remaining, strict=True)]
+        if sum(map(len, allocs)) > blocks.num_free:
+            # the pool runs dry: the step before the allocation it cannot serve is the last
+            k = sorted(j for js in allocs for j in js)[blocks.num_free] - 1
         if k < 2:
             return None
         steps = [min(r, k) for r in remaining]
@@ -394,13 +393,9 @@ class SimEngine(Engine):
             running[i].block_ids.append(block_id)
             used[j] += 1
             cached[j] -= evicted
-        pending = blocks.pending_duplicates
         for req, t in zip(running, targets, strict=True):
-            if t // bs > req.num_computed_tokens // bs or req.req_id in pending:  # a block filled
-                req.num_computed_tokens = t
-                blocks.commit(req)
-            else:
-                req.num_computed_tokens = t
+            req.num_computed_tokens = t
+        blocks.commit_many(running)
         return used, cached
 
     def _advance_stepwise(

@@ -27,6 +27,7 @@ the rest with a few multiplications; a simulator that keeps the totals itself ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -252,20 +253,22 @@ class CostModel:
             n, kv = leaving.get(s, (0, 0))
             leaving[s] = (n + 1, kv + c + 1)
         seqs, kv = len(steps), sum(contexts) + len(steps)
-        ends = []
+        until = math.inf if until is None else until
+        ends: list[float] = []
+        before = after = 0.0
         for t in range(max(steps)):
-            if t in leaving:
-                gone, gone_kv = leaving[t]
+            if t in leaving or t == 0:
+                gone, gone_kv = leaving.get(t, (0, 0))
                 seqs, kv = seqs - gone, kv - gone_kv
+                before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
             read = kv + seqs * t
-            before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
             lin, mem = a3 * read, d3 * (read + seqs)
             seconds = before + (lin if lin > mem else mem) + after
             if not seconds > 0.0:
                 return None
             clock += seconds
             ends.append(clock)
-            if until is not None and clock >= until:
+            if clock >= until:
                 break
         return ends
 
