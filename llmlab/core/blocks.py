@@ -246,23 +246,26 @@ class BlockManager:
                     live.append(block_id)
             taken = live + [popleft() for _ in range(n - len(live))]
         self._num_free -= n
-        ref_counts = self.ref_counts
-        for block_id in taken:
-            ref_counts[block_id] = 1
-        if self.cached:  # evict the least recently used cached prefixes
-            block_hashes, cached = self.block_hashes, self.cached
-            hashes = [block_hashes[b] for b in taken]
-            dropped = 0
-            for block_id, h in zip(taken, hashes, strict=True):
+        ref_counts, block_hashes, cached = self.ref_counts, self.block_hashes, self.cached
+        dropped = 0
+        if evicted is None:
+            for block_id in taken:
+                ref_counts[block_id] = 1
+                h = block_hashes[block_id]
+                if h is not None:  # evict the least recently used cached prefix
+                    block_hashes[block_id] = None
+                    del cached[h]
+                    dropped += 1
+        else:
+            for block_id in taken:
+                ref_counts[block_id] = 1
+                h = block_hashes[block_id]
+                evicted.append(h is not None)
                 if h is not None:
                     block_hashes[block_id] = None
                     del cached[h]
                     dropped += 1
-            self.num_cached_free -= dropped
-            if evicted is not None:
-                evicted += (h is not None for h in hashes)
-        elif evicted is not None:
-            evicted += [False] * n
+        self.num_cached_free -= dropped
         return taken
 
     def _take(self, block_id: int) -> None:
@@ -284,8 +287,12 @@ class BlockManager:
         self.free_queue.extend(released)
         self._num_free += len(released)
         if self.cached:
-            block_hashes = self.block_hashes
-            self.num_cached_free += len(released) - [block_hashes[b] for b in released].count(None)
+            done, still = self._committed.get(req.req_id, (0, ()))
+            if len(released) == len(req.block_ids):  # all of them: the committed ones hold their hashes
+                self.num_cached_free += done - len(still)
+            else:
+                block_hashes = self.block_hashes
+                self.num_cached_free += len(released) - [block_hashes[b] for b in released].count(None)
         req.block_ids = []
         self._committed.pop(req.req_id, None)
         self.pending_duplicates.discard(req.req_id)
