@@ -13,7 +13,7 @@ Phase = Literal["prefill", "decode"]
 Source = Literal["exact", "derived"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """One request's share of a step: a prefill chunk or one decode token."""
 
@@ -23,7 +23,7 @@ class Slot:
     context_len: int  # tokens in this request's KV cache after the step
 
 
-@dataclass
+@dataclass(slots=True)
 class KVSnapshot:
     """The KV block pool after a step. `cached` counts free blocks that still hold a prefix."""
 
@@ -43,7 +43,7 @@ class KVSnapshot:
         return cls(**{**d, "owners": owners})
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """One scheduler iteration: who ran, how many tokens, who waited, and the KV pool after."""
 
@@ -83,7 +83,7 @@ class StepRecord:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodeRun:
     """Consecutive decode-only steps stored compactly: nobody waits, is admitted or is preempted,
     and request `req_ids[i]` computes one token in each of the first `steps[i]` steps. A request
@@ -142,7 +142,7 @@ class DecodeRun:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestRecord:
     """One request's life, in seconds since the run started."""
 

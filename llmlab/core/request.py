@@ -45,6 +45,23 @@ class SamplingParams:
 class Request:
     """One sequence: its tokens, how many are in the KV cache, and the blocks holding them."""
 
+    __slots__ = (
+        "req_id",
+        "prompt_token_ids",
+        "num_prompt_tokens",
+        "params",
+        "arrival",
+        "eos_token_ids",
+        "status",
+        "output_token_ids",
+        "num_tokens",
+        "num_computed_tokens",
+        "block_ids",
+        "num_cached_tokens",
+        "num_preemptions",
+        "finish_reason",
+    )
+
     def __init__(
         self,
         req_id: str,

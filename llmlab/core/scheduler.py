@@ -47,7 +47,7 @@ class SchedulerConfig:
             )
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     """One request's part in a step: `num_tokens` from position `start`, and whether it samples."""
 
