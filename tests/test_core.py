@@ -43,6 +43,10 @@ def check_blocks(s: Scheduler) -> None:
     assert {(h, b) for h, b in bm.cached.items()} == {(h, b) for b, h in enumerate(bm.block_hashes) if h is not None}
     assert bm.cached_free() == [b for b, h in enumerate(bm.block_hashes) if h is not None and bm.ref_counts[b] == 0]
     assert bm.num_cached_free == len(bm.cached_free())
+    if bm.enable_prefix_caching:  # every block full of computed tokens is registered, or waits to be
+        for r in s.running:
+            full = r.block_ids[: r.num_computed_tokens // bm.block_size]
+            assert r.req_id in bm.pending_duplicates or all(bm.block_hashes[b] is not None for b in full)
     assert bm.num_used <= bm.num_blocks
     snap = bm.snapshot(s.running)
     assert snap.used + snap.cached + snap.free == bm.num_blocks
