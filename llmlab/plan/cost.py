@@ -255,10 +255,10 @@ class CostModel:
         seqs, kv = len(steps), sum(contexts) + len(steps)
         until = math.inf if until is None else until
         ends: list[float] = []
-        before = after = 0.0
+        before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
         for t in range(max(steps)):
-            if t in leaving or t == 0:
-                gone, gone_kv = leaving.get(t, (0, 0))
+            if t in leaving:
+                gone, gone_kv = leaving[t]
                 seqs, kv = seqs - gone, kv - gone_kv
                 before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
             read = kv + seqs * t
