@@ -8,11 +8,20 @@ caching on against off (hashing every block is the simulator's largest fixed cos
     python benchmarks/sim_speed.py                 # 10,000 requests, then the comparisons
     python benchmarks/sim_speed.py --n 1000 --compare-n 500   # a quicker look
     python benchmarks/sim_speed.py --no-prefix-caching --compare-n 0
+
+Wall time on a shared machine swings by a third between identical runs; instruction counts do
+not. `--callgrind` counts only the main run's instructions under valgrind (the total is the
+"PROGRAM TOTALS" line of `callgrind_annotate callgrind.out.*`):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no \
+        python benchmarks/sim_speed.py --n 1000 --compare-n 0 --callgrind
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import time
 
 import llmlab
@@ -21,8 +30,9 @@ TARGET_S = 3.0
 TARGET_N = 10_000
 
 
-def simulate(n: int, model: str, gpu: str, **knobs) -> tuple[llmlab.Run, float, float, float]:
-    """(run, workload seconds, launch seconds, run seconds)."""
+def simulate(n: int, model: str, gpu: str, callgrind: bool = False, **knobs) -> tuple[llmlab.Run, float, float, float]:
+    """(run, workload seconds, launch seconds, run seconds); with `callgrind`, valgrind counts
+    instructions during the run only."""
     t0 = time.perf_counter()
     wl = llmlab.workloads.from_trace("azure_conv", n=n)
     t1 = time.perf_counter()
@@ -30,7 +40,11 @@ def simulate(n: int, model: str, gpu: str, **knobs) -> tuple[llmlab.Run, float, 
         "sim", model=model, gpu=gpu, max_model_len=16384, max_num_seqs=256, max_num_batched_tokens=2048, **knobs
     )
     t2 = time.perf_counter()
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
     run = eng.run(wl)
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], check=True, capture_output=True)
     t3 = time.perf_counter()
     if run.error is not None:
         raise run.error
@@ -45,11 +59,12 @@ def main() -> None:
     p.add_argument("--gpu", default="H100-SXM")
     p.add_argument("--owners", action="store_true", help="record KV block owners every step (no fast-forward)")
     p.add_argument("--no-prefix-caching", action="store_true", help="the main run without prefix caching")
+    p.add_argument("--callgrind", action="store_true", help="under valgrind: count the main run's instructions only")
     args = p.parse_args()
 
     caching = not args.no_prefix_caching
     run, t_wl, t_launch, t_run = simulate(
-        args.n, args.model, args.gpu, trace_kv_owners=args.owners, enable_prefix_caching=caching
+        args.n, args.model, args.gpu, args.callgrind, trace_kv_owners=args.owners, enable_prefix_caching=caching
     )
     s = run.summary()
     total = t_wl + t_launch + t_run

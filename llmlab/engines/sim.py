@@ -77,9 +77,9 @@ class SimEngine(Engine):
     prompts are counted with the embedded SmolLM2 tokenizer, whatever the model.
 
     With `fast_forward` (the default) and KV owners not traced, steady decoding (nobody
-    waiting, every running request decoding) is computed in one go up to the next arrival,
-    finish or block shortage and recorded as a `DecodeRun`: the trace is the same as stepping
-    one at a time (the tests compare both), only much faster to make.
+    waiting, every running request decoding) is computed in one go up to the next arrival or
+    block shortage, past the finishes on the way, and recorded as a `DecodeRun`: the trace is
+    the same as stepping one at a time (the tests compare both), only much faster to make.
     """
 
     name = "sim"
