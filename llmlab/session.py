@@ -68,25 +68,23 @@ class Session:
     def _drive_steps(self) -> None:
         engine, run, trace = self.engine, self.run, self.run.trace
         pending = deque(self.prepared)
-        limit = self.workload.concurrency or len(pending) or 1
+        closed = self.workload.concurrency  # users in a closed loop, or None for open-loop arrivals
+        limit = closed or len(pending) or 1
         in_flight: set[str] = set()
         records = trace.request_records
+        stopped = run._stop.is_set
         t0 = engine.now()
         step = 0
         try:
-            while (pending or engine.has_unfinished()) and not run._stop.is_set():
+            while (pending or engine.has_unfinished()) and not stopped():
                 clock = engine.now()
                 now = clock - t0
-                while (
-                    pending
-                    and len(in_flight) < limit
-                    and (self.workload.concurrency or t0 + pending[0][0].arrival <= clock)
-                ):
+                while pending and len(in_flight) < limit and (closed or t0 + pending[0][0].arrival <= clock):
                     item, ids, params = pending.popleft()
                     engine.add_request(item.req_id, ids, params)
                     in_flight.add(item.req_id)
                     # an open-loop request arrived at its own time, even if a step was running then
-                    arrival = now if self.workload.concurrency else item.arrival
+                    arrival = now if closed else item.arrival
                     trace.add_request(RequestRecord(item.req_id, arrival=arrival, prompt_tokens=len(ids)))
                 if not engine.has_unfinished():
                     wait = pending[0][0].arrival - now
@@ -96,9 +94,9 @@ class Session:
                         time.sleep(min(max(wait, 0.0), IDLE_POLL_S))
                     continue
                 # the next arrival, on the engine's clock: a multi-step call must not run past it
-                until = t0 + pending[0][0].arrival if pending and not self.workload.concurrency else None
+                until = t0 + pending[0][0].arrival if pending and not closed else None
                 # in a closed loop every finish lets the next request in, so a run must stop at one
-                past_finishes = not (pending and self.workload.concurrency)
+                past_finishes = not (pending and closed)
                 ts = engine.now()
                 out = engine.step_until(until, past_finishes)
                 rec = out.record
@@ -128,7 +126,7 @@ class Session:
                 trace.add_step(rec)
                 step += 1
                 run._publish(rec)
-            run.status = "stopped" if run._stop.is_set() else "finished"
+            run.status = "stopped" if stopped() else "finished"
         except Exception as exc:  # the run fails; the engine must stay usable
             run.error = exc
             run.status = "failed"

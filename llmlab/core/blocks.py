@@ -22,22 +22,20 @@ def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) 
     `start`, the hashes already known for its leading blocks, is extended in place.
 
     A block inside a `range` prompt (the simulator's corpus windows: consecutive ids) is named
-    by its first id, which is all that tells such blocks apart; ranges with the same ids share
-    hashes at a tenth of the cost, while a list prompt holding the same ids hashes differently.
+    by the range's first id and its own offset, which fix every id up to its end; ranges with
+    the same first id share hashes at a fraction of the cost, while a list prompt holding the
+    same ids hashes differently.
     """
     hashes = [] if start is None else start
-    parent = hashes[-1] if hashes else 0
-    append = hashes.append
     first = len(hashes) * block_size
     end = req.num_tokens - block_size + 1
     prompt = req.prompt_token_ids
     if isinstance(prompt, range) and prompt.step == 1 and block_size > 1:
         starts = range(first, min(end, len(prompt) - block_size + 1), block_size)
-        base = prompt.start
-        for i in starts:
-            parent = hash((parent, base + i))
-            append(parent)
+        hashes += map(hash, zip(repeat(prompt.start), starts))
         first += len(starts) * block_size
+    parent = hashes[-1] if hashes else 0
+    append = hashes.append
     tokens = req.token_ids
     for i in range(first, end, block_size):
         parent = hash((parent, *tokens(i, i + block_size)))
