@@ -410,7 +410,8 @@ class SimEngine(Engine):
             events += ((j, 0, i) for j in range(first_alloc[i], k + 1, bs))
             events += ((j, 1, i) for j in range(bs - c % bs, k + 1, bs))
         events.sort()
-        state = [(blocks.num_used, blocks.num_cached_free)] * (k + 1)
+        before = (blocks.num_used, blocks.num_cached_free)
+        after: dict[int, tuple[int, int]] = {}  # step -> (used, cached free) after it, where they changed
         e, num_events = 0, len(events)
         while e < num_events:
             j = events[e][0]
@@ -429,11 +430,13 @@ class SimEngine(Engine):
             for i in sorted(set(commits)):
                 running[i].num_computed_tokens = computed[i] + j
                 blocks.commit(running[i])
-            state[j:] = [(blocks.num_used, blocks.num_cached_free)] * (k + 1 - j)
+            after[j] = (blocks.num_used, blocks.num_cached_free)
         for req, c in zip(running, computed, strict=True):
             req.num_computed_tokens = c + k
-        used = [state[0][0]] + [state[j][0] - state[j - 1][0] for j in range(1, k + 1)]
-        cached = [state[0][1]] + [state[j][1] - state[j - 1][1] for j in range(1, k + 1)]
+        used, cached = [before[0]] + [0] * k, [before[1]] + [0] * k
+        for j, state in sorted(after.items()):
+            used[j], cached[j] = state[0] - before[0], state[1] - before[1]
+            before = state
         return used, cached
 
     def _complete(self, req: Request) -> Completion:
