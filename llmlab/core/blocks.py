@@ -134,9 +134,7 @@ class BlockManager:
         still: list[int] = []
         new_ids, new_hashes = table[done:full], hashes[done:full]
         if not duplicates and cached.keys().isdisjoint(new_hashes):
-            for block_id, h in zip(new_ids, new_hashes, strict=True):  # the common case
-                block_hashes[block_id] = h
-            cached.update(zip(new_hashes, new_ids, strict=True))
+            self._register(new_ids, new_hashes)  # the common case
         else:
             for i in (*duplicates, *range(done, full)):
                 block_id = table[i]
@@ -173,14 +171,18 @@ class BlockManager:
                 new_hashes += self._request_hashes(req)[done:full]
         else:
             if self.cached.keys().isdisjoint(new_hashes) and len(set(new_hashes)) == len(new_hashes):
-                block_hashes = self.block_hashes
-                for block_id, h in zip(new_ids, new_hashes, strict=True):
-                    block_hashes[block_id] = h
-                self.cached.update(zip(new_hashes, new_ids, strict=True))
+                self._register(new_ids, new_hashes)
                 committed.update((req_id, (full, ())) for req_id, full in filled)
                 return
         for req in reqs:
             self.commit(req)
+
+    def _register(self, block_ids: list[int], hashes: list[int]) -> None:
+        """Put blocks in the prefix cache under hashes no block holds yet."""
+        block_hashes = self.block_hashes
+        for block_id, h in zip(block_ids, hashes, strict=True):
+            block_hashes[block_id] = h
+        self.cached.update(zip(hashes, block_ids, strict=True))
 
     def commits_independent(self, reqs: list[Request], num_tokens: list[int], fresh: bool = False) -> bool:
         """Whether committing each request's blocks up to `num_tokens` registers prefixes no other
@@ -246,23 +248,15 @@ class BlockManager:
         self._num_free -= n
         ref_counts, block_hashes, cached = self.ref_counts, self.block_hashes, self.cached
         dropped = 0
-        if evicted is None:
-            for block_id in taken:
-                ref_counts[block_id] = 1
-                h = block_hashes[block_id]
-                if h is not None:  # evict the least recently used cached prefix
-                    block_hashes[block_id] = None
-                    del cached[h]
-                    dropped += 1
-        else:
-            for block_id in taken:
-                ref_counts[block_id] = 1
-                h = block_hashes[block_id]
+        for block_id in taken:
+            ref_counts[block_id] = 1
+            h = block_hashes[block_id]
+            if evicted is not None:
                 evicted.append(h is not None)
-                if h is not None:
-                    block_hashes[block_id] = None
-                    del cached[h]
-                    dropped += 1
+            if h is not None:  # evict the least recently used cached prefix
+                block_hashes[block_id] = None
+                del cached[h]
+                dropped += 1
         self.num_cached_free -= dropped
         return taken
 

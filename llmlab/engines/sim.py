@@ -434,7 +434,7 @@ class SimEngine(Engine):
         for req, c in zip(running, computed, strict=True):
             req.num_computed_tokens = c + k
         used, cached = [before[0]] + [0] * k, [before[1]] + [0] * k
-        for j, state in sorted(after.items()):
+        for j, state in after.items():  # in step order
             used[j], cached[j] = state[0] - before[0], state[1] - before[1]
             before = state
         return used, cached
