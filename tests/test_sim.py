@@ -9,7 +9,7 @@ import pytest
 
 import llmlab
 from llmlab import workloads
-from llmlab.core.blocks import BlockManager
+from llmlab.core.request import Request
 from llmlab.engines.sim import ReplayStepTimes, SimEngine
 from llmlab.session import Session
 from llmlab.trace import Trace
@@ -281,6 +281,28 @@ def test_fast_forward_records_the_same_trace_as_stepping(policy, pool):
         assert slow.summary()["preemptions"] > 0
 
 
+@pytest.mark.parametrize("policy", ["chunked", "splitfuse"])
+def test_steady_batches_match_the_policy_with_chunked_prompts_and_a_short_pool(policy, monkeypatch):
+    # long prompts against a 64-token budget arrive in bursts: steps mix decodes, chunked
+    # prefills and a queue, and the small pool preempts; a batch built in one pass must be
+    # the policy's own batch in every step where it is built
+    built = []
+    original = SimEngine._steady_batch
+
+    def spy(self):
+        batch = original(self)
+        built.append(batch is not None)
+        return batch
+
+    monkeypatch.setattr(SimEngine, "_steady_batch", spy)
+    wl = workloads.poisson(rate=200, n=40, prompt_len=(30, 120), output_len=(4, 40), seed=3)
+    (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, policy=policy, **{**SMALL, "block_size": 4, "num_blocks": 60})
+    assert any(built) and not all(built)
+    assert slow.summary()["preemptions"] > 0
+    assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert _pool_state(fast_eng) == _pool_state(slow_eng)
+
+
 @pytest.mark.parametrize("num_blocks", [None, 30, 17])
 def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, monkeypatch):
     # identical prompts admitted together compute the same blocks: duplicates wait to register,
@@ -305,15 +327,14 @@ def test_fast_forward_stops_at_a_finish_when_a_commit_meets_a_cached_prefix(monk
     # fills hash like those the first registered already; the second finishes mid-run, and past
     # that finish the order of commits could matter, so the run must stop at it
     refused = []
-    original = BlockManager.commits_independent
+    original = Request.drop_outputs
 
-    def spy(self, reqs, num_tokens, fresh=False):
-        ok = original(self, reqs, num_tokens, fresh)
-        if fresh and not ok:
-            refused.append(num_tokens)
-        return ok
+    def spy(self, n):
+        if n > 0:  # a run past the finish was planned, then cut back to it
+            refused.append(n)
+        return original(self, n)
 
-    monkeypatch.setattr(BlockManager, "commits_independent", spy)
+    monkeypatch.setattr(Request, "drop_outputs", spy)
     wl = workloads.fixed([list(range(1, 14)), list(range(30, 50)), list(range(1, 14))], max_tokens=60)
     wl.items[1].max_tokens = 30
     wl.items[2].arrival = 0.004

@@ -11,36 +11,48 @@ from __future__ import annotations
 import operator
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import compress, repeat
 
 from llmlab.core.records import KVSnapshot
 from llmlab.core.request import Request
+
+RANGE_KEY_STRIDE = 0x9E3779B97F  # odd, with mixed low bits: families spread over a dict's slots
 
 
 def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) -> list[int]:
     """Hashes of every full block of `req`'s tokens, each chained from the one before it;
     `start`, the hashes already known for its leading blocks, is extended in place.
 
-    A block inside a `range` prompt (the simulator's corpus windows: consecutive ids) is named
-    by the range's first id and its own offset, which fix every id up to its end; ranges with
-    the same first id share hashes at a fraction of the cost, while a list prompt holding the
-    same ids hashes differently.
+    A block inside a `range` prompt (the simulator's corpus windows: consecutive ids) is keyed
+    by the range's first id and its own index, `first * RANGE_KEY_STRIDE + index`, which fix
+    every id up to its end: ranges with the same first id share keys, made at C speed with no
+    hashing, while a list prompt holding the same ids hashes differently.
     """
     hashes = [] if start is None else start
-    first = len(hashes) * block_size
-    end = req.num_tokens - block_size + 1
     prompt = req.prompt_token_ids
-    if isinstance(prompt, range) and prompt.step == 1 and block_size > 1:
-        starts = range(first, min(end, len(prompt) - block_size + 1), block_size)
-        hashes += map(hash, zip(repeat(prompt.start), starts))
-        first += len(starts) * block_size
+    if isinstance(prompt, range) and prompt.step == 1:
+        last = min(len(prompt), req.num_tokens) // block_size
+        if len(hashes) < last < RANGE_KEY_STRIDE:
+            base = prompt.start * RANGE_KEY_STRIDE
+            hashes += range(base + len(hashes), base + last)
     parent = hashes[-1] if hashes else 0
     append = hashes.append
     tokens = req.token_ids
-    for i in range(first, end, block_size):
+    for i in range(len(hashes) * block_size, req.num_tokens - block_size + 1, block_size):
         parent = hash((parent, *tokens(i, i + block_size)))
         append(parent)
     return hashes
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """Commits planned for a batch of requests (see `BlockManager.plan_commits`)."""
+
+    filled: list[tuple[Request, int, int]]  # (request, blocks committed before, full blocks after)
+    hashes: list[int]  # the prefix hashes those blocks register, in order
+    independent: bool
+    fresh: bool
 
 
 class BlockManager:
@@ -151,32 +163,6 @@ class BlockManager:
         else:
             self.pending_duplicates.discard(req.req_id)
 
-    def commit_many(self, reqs: list[Request]) -> None:
-        """`commit` each of `reqs`, in one pass when none has a block waiting to register and
-        every prefix they register is new (the simulator's decode runs, most of the time)."""
-        if not self.enable_prefix_caching:
-            return
-        bs, committed = self.block_size, self._committed
-        filled: list[tuple[str, int]] = []
-        new_ids: list[int] = []
-        new_hashes: list[int] = []
-        for req in reqs:
-            done, duplicates = committed.get(req.req_id, (0, ()))
-            if duplicates:
-                break
-            full = min(req.num_computed_tokens // bs, len(req.block_ids))
-            if full > done:
-                filled.append((req.req_id, full))
-                new_ids += req.block_ids[done:full]
-                new_hashes += self._request_hashes(req)[done:full]
-        else:
-            if self.cached.keys().isdisjoint(new_hashes) and len(set(new_hashes)) == len(new_hashes):
-                self._register(new_ids, new_hashes)
-                committed.update((req_id, (full, ())) for req_id, full in filled)
-                return
-        for req in reqs:
-            self.commit(req)
-
     def _register(self, block_ids: list[int], hashes: list[int]) -> None:
         """Put blocks in the prefix cache under hashes no block holds yet."""
         block_hashes = self.block_hashes
@@ -184,24 +170,44 @@ class BlockManager:
             block_hashes[block_id] = h
         self.cached.update(zip(hashes, block_ids, strict=True))
 
-    def commits_independent(self, reqs: list[Request], num_tokens: list[int], fresh: bool = False) -> bool:
-        """Whether committing each request's blocks up to `num_tokens` registers prefixes no other
-        commit here touches (no shared hash, none a pending duplicate's), so their order is moot;
-        with `fresh`, also none the cache holds already."""
+    def plan_commits(self, reqs: list[Request], num_tokens: list[int]) -> CommitPlan:
+        """What committing each request's blocks up to `num_tokens` computed tokens would
+        register (their tokens must be in place already), and whether the commits are
+        independent (no shared hash, none a pending duplicate's: their order is moot) and
+        fresh (besides, the cache holds none of them); `apply_commits` carries it out."""
         if not self.enable_prefix_caching:
-            return True
-        bs, committed, seen, count = self.block_size, self._committed, set(), 0
+            return CommitPlan([], [], True, True)
+        bs, committed = self.block_size, self._committed
+        filled: list[tuple[Request, int, int]] = []
+        hashes: list[int] = []
+        waiting: list[int] = []  # hashes of blocks waiting to take over a prefix
         for req, n in zip(reqs, num_tokens, strict=True):
             done, duplicates = committed.get(req.req_id, (0, ()))
-            if duplicates:  # blocks waiting to take over a prefix
-                hashes = self._request_hashes(req)
-                seen.update(hashes[i] for i in duplicates)
-                count += len(duplicates)
-            if n // bs > done:  # blocks this request fills
-                new = self._request_hashes(req)[done : n // bs]
-                seen.update(new)
-                count += len(new)
-        return len(seen) == count and not (fresh and not self.cached.keys().isdisjoint(seen))
+            if duplicates:
+                known = self._request_hashes(req)
+                waiting += [known[i] for i in duplicates]
+            if n // bs > done:
+                filled.append((req, done, n // bs))
+                hashes += self._request_hashes(req)[done : n // bs]
+        touched = hashes + waiting if waiting else hashes
+        independent = len(set(touched)) == len(touched)
+        fresh = independent and not waiting and self.cached.keys().isdisjoint(hashes)
+        return CommitPlan(filled, hashes, independent, fresh)
+
+    def apply_commits(self, plan: CommitPlan, reqs: list[Request]) -> None:
+        """Commit `reqs` (their tables now hold the planned blocks), in one pass when the plan
+        was fresh: evictions since planning only take prefixes out of the cache."""
+        if not self.enable_prefix_caching:
+            return
+        if plan.fresh:
+            ids: list[int] = []
+            for req, done, full in plan.filled:
+                ids += req.block_ids[done:full]
+            self._register(ids, plan.hashes)
+            self._committed.update((req.req_id, (full, ())) for req, _, full in plan.filled)
+        else:
+            for req in reqs:
+                self.commit(req)
 
     # allocation --------------------------------------------------------------------------
     def can_allocate(

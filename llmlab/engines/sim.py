@@ -14,10 +14,10 @@ from functools import cache
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from llmlab.core.blocks import BlockManager
+from llmlab.core.blocks import BlockManager, CommitPlan
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
-from llmlab.core.scheduler import Scheduler, SchedulerConfig
+from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ class SimEngine(Engine):
     # the step ----------------------------------------------------------------------------
     def step(self) -> EngineStep:
         sched = self.scheduler
-        batch = sched.next_batch()
+        batch = (self.fast_forward and self._steady_batch()) or sched.next_batch()
         slots = batch.slots()
         seconds = float(self.step_time(slots))
         if not seconds >= 0.0:
@@ -288,6 +288,34 @@ class SimEngine(Engine):
         record = sched.record(batch, finished, owners=self.trace_kv_owners, slots=slots)
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, dict.fromkeys(sampled, 1), completions)
+
+    def _steady_batch(self) -> Batch | None:
+        """The batch the policy would pick when every running request decodes, the pool holds a
+        new block for each that needs one, and requests wait: all the decodes, then admissions
+        by the policy's own code. Built in one pass; None when the step is not of that kind."""
+        sched, blocks = self.scheduler, self.blocks
+        cfg, running = sched.config, sched.running
+        if not sched.waiting or not running or cfg.policy not in ("chunked", "splitfuse"):
+            return None
+        budget = cfg.max_num_batched_tokens - len(running)
+        if budget < 0:
+            return None
+        grow = []
+        bs = blocks.block_size
+        for req in running:
+            c = req.num_computed_tokens
+            if c != req.num_tokens - 1 or not req.output_token_ids:
+                return None
+            if len(req.block_ids) * bs <= c:
+                grow.append(req)
+        if len(grow) > blocks.num_free:
+            return None  # someone is preempted: the policy decides whom
+        for req, block_id in zip(grow, blocks.pop_free(len(grow)), strict=True):
+            req.block_ids.append(block_id)
+        batch = Batch([ScheduledRequest(r, r.num_computed_tokens, 1, "decode") for r in running])
+        chunk = cfg.enable_chunked_prefill or sched.policy.always_chunk
+        sched.policy.admit_waiting(sched, batch, budget, chunk)
+        return batch
 
     def step_until(self, until: float | None, past_finishes: bool = True) -> EngineStep:
         if self.fast_forward and self.cost_model is not None and not self.trace_kv_owners:
@@ -336,7 +364,8 @@ class SimEngine(Engine):
         for req, s in zip(running, steps, strict=True):
             req.extend_outputs(PLACEHOLDER_TOKEN, s)
         targets = [c + s for c, s in zip(computed, steps, strict=True)]
-        if min(steps) < k and not blocks.commits_independent(running, targets, fresh=True):
+        plan = blocks.plan_commits(running, targets)
+        if min(steps) < k and not plan.fresh:
             # the order of commits could matter at a finish: stop at the first one instead (the
             # tokens taken back are placeholders again later, so the hashes made stay right)
             k = min(steps)
@@ -346,8 +375,9 @@ class SimEngine(Engine):
             if k < 2:
                 return None
             steps, targets = [k] * n, [c + k for c in computed]
-        if min(steps) < k or blocks.commits_independent(running, targets):
-            used, cached = self._advance_in_bulk(running, first_alloc, steps, targets)
+            plan = blocks.plan_commits(running, targets)
+        if plan.independent:
+            used, cached = self._advance_in_bulk(running, first_alloc, steps, targets, plan)
         else:
             used, cached = self._advance_stepwise(running, computed, first_alloc, k)
         finished = []
@@ -373,7 +403,7 @@ class SimEngine(Engine):
         return EngineStep(record, {}, [self._complete(r) for r in finished])
 
     def _advance_in_bulk(
-        self, running: list[Request], first_alloc: list[int], steps: list[int], targets: list[int]
+        self, running: list[Request], first_alloc: list[int], steps: list[int], targets: list[int], plan: CommitPlan
     ) -> tuple[list[int], list[int]]:
         """Allocate and commit request i's blocks through `steps[i]` steps (to `targets[i]`
         computed tokens) in one go; returns the blocks used and cached-free before the run, then
@@ -395,7 +425,7 @@ class SimEngine(Engine):
             cached[j] -= evicted
         for req, t in zip(running, targets, strict=True):
             req.num_computed_tokens = t
-        blocks.commit_many(running)
+        blocks.apply_commits(plan, running)
         return used, cached
 
     def _advance_stepwise(
