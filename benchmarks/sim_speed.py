@@ -66,7 +66,9 @@ def main() -> None:
     run, t_wl, t_launch, t_run = simulate(
         args.n, args.model, args.gpu, args.callgrind, trace_kv_owners=args.owners, enable_prefix_caching=caching
     )
+    t4 = time.perf_counter()
     s = run.summary()
+    t_summary = time.perf_counter() - t4
     total = t_wl + t_launch + t_run
     print(
         f"azure_conv, {args.n} requests, {args.model} on {args.gpu}, prefix caching {'on' if caching else 'off'}: "
@@ -74,6 +76,7 @@ def main() -> None:
     )
     print(f"  workload {t_wl:6.2f} s   launch {t_launch:6.2f} s   run {t_run:6.2f} s   total {total:6.2f} s")
     print(f"  {args.n / total:,.0f} requests/s, {len(run.trace) / t_run:,.0f} steps/s")
+    print(f"  then run.summary() {t_summary:.2f} s (frames built from the trace)")
     print(
         f"  predicted: {s['duration_s']:,.0f} simulated s, {s['output_tok_s']:,.0f} output tok/s, "
         f"TTFT p50 {s['ttft_p50'] * 1e3:.1f} ms, ITL p50 {s['itl_p50'] * 1e3:.2f} ms"

@@ -10,6 +10,7 @@ import gzip
 import json
 import threading
 from collections.abc import Callable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,19 @@ class Trace:
         """One row per scheduler step: batch make-up, queue lengths and KV pool use."""
         entries = self._snapshot()[0]
         if not entries:
-            return _frame([], STEP_COLUMNS, {"source": "str"})
-        df = _joined([_step_columns(group) for group in _runs_of_kind(entries)])
+            return _frame({}, STEP_COLUMNS, {"source": "str"})
+        # the step records in one pass and the decode runs in another, then placed in entry order
+        recs = [e for e in entries if not isinstance(e, DecodeRun)]
+        runs = [e for e in entries if isinstance(e, DecodeRun)]
+        if not runs or not recs:
+            df = pd.DataFrame(_run_step_columns(runs) if runs else _step_columns(recs))
+        else:
+            rows = np.fromiter((e.num_steps if isinstance(e, DecodeRun) else 1 for e in entries), "int64", len(entries))
+            first = np.cumsum(rows) - rows
+            is_run = np.fromiter((isinstance(e, DecodeRun) for e in entries), bool, len(entries))
+            run_rows = np.repeat(first[is_run], rows[is_run]) + _within(rows[is_run])
+            order = np.argsort(np.concatenate((first[~is_run], run_rows)), kind="stable")
+            df = _joined([_step_columns(recs), _run_step_columns(runs)], order)
         df["duration"] = df["t_end"] - df["t_start"]
         return df[STEP_COLUMNS]
 
@@ -130,8 +142,9 @@ class Trace:
     def requests(self) -> pd.DataFrame:
         """One row per request: timestamps, token counts and the derived latencies (seconds)."""
         fields = REQUEST_COLUMNS[:10]
-        rows = [{k: getattr(r, k) for k in fields} for r in self._snapshot()[1]]
-        df = _frame(rows, fields, {"req_id": "str", "finish_reason": "str"})
+        recs = self._snapshot()[1]
+        columns = {k: [getattr(r, k) for r in recs] for k in fields} if recs else {}
+        df = _frame(columns, fields, {"req_id": "str", "finish_reason": "str"})
         df[list(_TIME_COLUMNS)] = df[list(_TIME_COLUMNS)].astype("float64")
         df["ttft"] = df["first_token"] - df["arrival"]
         df["e2e"] = df["finish"] - df["arrival"]
@@ -145,19 +158,19 @@ class Trace:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
         parts = [_slot_columns(group) for group in _runs_of_kind(self._snapshot()[0])]
         if not sum(len(p["step"]) for p in parts):
-            return _frame([], SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
+            return _frame({}, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
         return _joined(parts)
 
     @property
     def itl(self) -> pd.DataFrame:
         """Inter-token latencies, long form: one row per gap between consecutive tokens."""
-        ids: list[str] = []
-        gaps: list[np.ndarray] = []
-        for r in self._snapshot()[1]:
-            d = np.diff(np.asarray(r.token_times, dtype="float64"))
-            ids += [r.req_id] * len(d)
-            gaps.append(d)
-        itl = np.concatenate(gaps) if gaps else np.empty(0)
+        recs = self._snapshot()[1]
+        counts = np.fromiter((len(r.token_times) for r in recs), "int64", len(recs))
+        times = np.fromiter(chain.from_iterable(r.token_times for r in recs), "float64", int(counts.sum()))
+        later = np.ones(len(times), dtype=bool)  # every token but each request's first
+        later[(np.cumsum(counts) - counts)[counts > 0]] = False
+        itl = np.diff(times, prepend=0.0)[later]
+        ids = np.repeat(np.asarray([r.req_id for r in recs], dtype=object), np.maximum(counts - 1, 0))
         return pd.DataFrame({"req_id": pd.Series(ids, dtype="str"), "itl": itl})
 
     # ---- files -----------------------------------------------------------------------
@@ -266,37 +279,60 @@ def _runs_of_kind(entries: list[StepRecord | DecodeRun]) -> Iterator[list[StepRe
         yield group
 
 
-def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
-    """The steps frame's columns (all but duration) for StepRecords or one DecodeRun."""
-    if isinstance(entries, DecodeRun):
-        e, k = entries, entries.num_steps
-        active = _active_per_step(e)
-        done = np.bincount(np.asarray(e.finish_steps(), dtype="int64"), minlength=k + 1)[1:]
-        used = np.asarray(e.kv_used, dtype="int64")
-        cached = np.asarray(e.kv_cached, dtype="int64")
-        zeros = np.zeros(k, dtype="int64")
-        return {
-            "step": e.step + np.arange(k),
-            "t_start": np.concatenate(([e.t_start], e.t_ends[:-1])),
-            "t_end": np.asarray(e.t_ends, dtype="float64"),
-            "batch_size": active,
-            "prefill_tokens": zeros,
-            "decode_tokens": active,
-            "num_prefill_reqs": zeros,
-            "num_decode_reqs": active,
-            "waiting": zeros,
-            "running": active - done,
-            "admitted": zeros,
-            "preempted": zeros,
-            "finished": done,
-            "kv_used": used,
-            "kv_cached": cached,
-            "kv_free": e.num_blocks - used - cached,
-            "kv_total": np.full(k, e.num_blocks),
-            "prefix_hit_tokens": zeros,
-            "source": np.full(k, "exact", dtype=object),
-        }
-    recs = entries
+def _within(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ... counted afresh in each of consecutive segments of these lengths."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+
+def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
+    """The steps frame's columns (all but duration) for decode runs, all of them at once."""
+    k = np.fromiter((r.num_steps for r in runs), "int64", len(runs))
+    total = int(k.sum())
+    start = np.cumsum(k) - k  # each run's first row
+    t_end = np.fromiter(chain.from_iterable(r.t_ends for r in runs), "float64", total)
+    t_start = np.empty(total)
+    t_start[1:] = t_end[:-1]
+    t_start[start] = [r.t_start for r in runs]
+    # request i of a run computes in its first steps[i] steps: it is gone from row start + steps[i]
+    sizes = np.fromiter((len(r.req_ids) for r in runs), "int64", len(runs))
+    steps = np.fromiter(chain.from_iterable(r.steps for r in runs), "int64", int(sizes.sum()))
+    run_of = np.repeat(np.arange(len(runs)), sizes)
+    leaves = steps < k[run_of]
+    leaving = np.bincount(start[run_of][leaves] + steps[leaves], minlength=total)
+    gone = np.cumsum(leaving)
+    active = np.repeat(sizes, k) - (gone - np.repeat(gone[start] - leaving[start], k))
+    ends = [s + n - 1 for s, r in zip(start.tolist(), runs, strict=True) for n in r.finish_steps()]
+    done = np.bincount(np.asarray(ends, dtype="int64"), minlength=total)
+    used = np.fromiter(chain.from_iterable(r.kv_used for r in runs), "int64", total)
+    cached = np.fromiter(chain.from_iterable(r.kv_cached for r in runs), "int64", total)
+    num_blocks = np.repeat([r.num_blocks for r in runs], k)
+    zeros = np.zeros(total, dtype="int64")
+    return {
+        "step": np.repeat([r.step for r in runs], k) + _within(k),
+        "t_start": t_start,
+        "t_end": t_end,
+        "batch_size": active,
+        "prefill_tokens": zeros,
+        "decode_tokens": active,
+        "num_prefill_reqs": zeros,
+        "num_decode_reqs": active,
+        "waiting": zeros,
+        "running": active - done,
+        "admitted": zeros,
+        "preempted": zeros,
+        "finished": done,
+        "kv_used": used,
+        "kv_cached": cached,
+        "kv_free": num_blocks - used - cached,
+        "kv_total": num_blocks,
+        "prefix_hit_tokens": zeros,
+        "source": np.full(total, "exact", dtype=object),
+    }
+
+
+def _step_columns(recs: list[StepRecord]) -> dict[str, Any]:
+    """The steps frame's columns (all but duration) for step records."""
     kvs = [r.kv for r in recs]
     has_kv = all(kv is not None for kv in kvs)
 
@@ -334,12 +370,6 @@ def _step_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, Any]:
     }
 
 
-def _active_per_step(run: DecodeRun) -> np.ndarray:
-    """How many requests compute in each step of a decode run."""
-    left = np.cumsum(np.bincount(np.asarray(run.steps, dtype="int64"), minlength=run.num_steps + 1))[: run.num_steps]
-    return len(run.req_ids) - left
-
-
 def _slot_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, np.ndarray]:
     """The slots frame's columns for StepRecords or one DecodeRun."""
     if isinstance(entries, DecodeRun):
@@ -363,15 +393,17 @@ def _slot_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, np.ndarray
     }
 
 
-def _joined(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    """One frame from column chunks, each column concatenated once."""
-    return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray | None = None) -> pd.DataFrame:
+    """One frame from column chunks, each column concatenated once (and its rows put in `order`)."""
+    if order is None:
+        return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+    return pd.DataFrame({c: np.concatenate([p[c] for p in parts])[order] for c in parts[0]})
 
 
-def _frame(rows: list[dict[str, Any]], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+def _frame(data: dict[str, list[Any]], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
     """A frame with these columns; an empty one still gets sensible dtypes."""
-    if rows:
-        df = pd.DataFrame(rows, columns=columns)
+    if data:
+        df = pd.DataFrame(data, columns=columns)
         numeric = [c for c in columns if c not in dtypes and df[c].dtype == object]
         df[numeric] = df[numeric].astype("float64")  # all-None optional numbers -> NaN
         return df
