@@ -38,9 +38,14 @@ def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) 
             hashes += range(base + len(hashes), base + last)
     parent = hashes[-1] if hashes else 0
     append = hashes.append
-    tokens = req.token_ids
-    for i in range(len(hashes) * block_size, req.num_tokens - block_size + 1, block_size):
-        parent = hash((parent, *tokens(i, i + block_size)))
+    i, end, p = len(hashes) * block_size, req.num_tokens - block_size + 1, req.num_prompt_tokens
+    while i < end and i < p:  # blocks that start in the prompt
+        parent = hash((parent, *req.token_ids(i, i + block_size)))
+        append(parent)
+        i += block_size
+    out = req.output_token_ids
+    for j in range(i - p, end - p, block_size):  # blocks wholly in the outputs
+        parent = hash((parent, *out[j : j + block_size]))
         append(parent)
     return hashes
 
