@@ -124,17 +124,9 @@ class Trace:
         if not entries:
             return _frame({}, STEP_COLUMNS, {"source": "str"})
         # the step records in one pass and the decode runs in another, then placed in entry order
-        recs = [e for e in entries if not isinstance(e, DecodeRun)]
-        runs = [e for e in entries if isinstance(e, DecodeRun)]
-        if not runs or not recs:
-            df = pd.DataFrame(_run_step_columns(runs) if runs else _step_columns(recs))
-        else:
-            rows = np.fromiter((e.num_steps if isinstance(e, DecodeRun) else 1 for e in entries), "int64", len(entries))
-            first = np.cumsum(rows) - rows
-            is_run = np.fromiter((isinstance(e, DecodeRun) for e in entries), bool, len(entries))
-            run_rows = np.repeat(first[is_run], rows[is_run]) + _within(rows[is_run])
-            order = np.argsort(np.concatenate((first[~is_run], run_rows)), kind="stable")
-            df = _joined([_step_columns(recs), _run_step_columns(runs)], order)
+        recs, runs, rec_rows, run_rows = _rows_of(entries)
+        parts = ([_step_columns(recs)] if recs else []) + ([_run_step_columns(runs)] if runs else [])
+        df = _joined(parts, np.argsort(np.concatenate((rec_rows, run_rows)), kind="stable"))
         df["duration"] = df["t_end"] - df["t_start"]
         return df[STEP_COLUMNS]
 
@@ -156,10 +148,21 @@ class Trace:
     @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
-        parts = [_slot_columns(group) for group in _runs_of_kind(self._snapshot()[0])]
-        if not sum(len(p["step"]) for p in parts):
+        recs, runs, rec_rows, run_rows = _rows_of(self._snapshot()[0])
+        if not any(r.batch for r in recs) and not runs:
             return _frame({}, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
-        return _joined(parts)
+        # each slot sorts by its step's row in the steps frame, then its place in the batch
+        lens = np.fromiter((len(r.batch) for r in recs), "int64", len(recs))
+        width = 1 + max(int(lens.max(initial=0)), max((len(r.req_ids) for r in runs), default=0))
+        parts, keys = [], []
+        if recs:
+            parts.append(_slot_columns(recs))
+            keys.append(np.repeat(rec_rows, lens) * width + _within(lens))
+        if runs:
+            columns, rows, places = _run_slot_columns(runs, run_rows)
+            parts.append(columns)
+            keys.append(rows * width + places)
+        return _joined(parts, np.argsort(np.concatenate(keys), kind="stable"))
 
     @property
     def itl(self) -> pd.DataFrame:
@@ -264,19 +267,14 @@ def _suffix(path: Path) -> str:
     )
 
 
-def _runs_of_kind(entries: list[StepRecord | DecodeRun]) -> Iterator[list[StepRecord] | DecodeRun]:
-    """Consecutive StepRecords grouped in lists; each DecodeRun on its own."""
-    group: list[StepRecord] = []
-    for e in entries:
-        if isinstance(e, DecodeRun):
-            if group:
-                yield group
-                group = []
-            yield e
-        else:
-            group.append(e)
-    if group:
-        yield group
+def _rows_of(entries: list[StepRecord | DecodeRun]) -> tuple[list[StepRecord], list[DecodeRun], np.ndarray, np.ndarray]:
+    """The step records and the decode runs apart, with the steps frame's row of every step of each."""
+    counts = np.fromiter((e.num_steps if isinstance(e, DecodeRun) else 1 for e in entries), "int64", len(entries))
+    first = np.cumsum(counts) - counts
+    is_run = np.fromiter((isinstance(e, DecodeRun) for e in entries), bool, len(entries))
+    recs = [e for e in entries if not isinstance(e, DecodeRun)]
+    runs = [e for e in entries if isinstance(e, DecodeRun)]
+    return recs, runs, first[~is_run], np.repeat(first[is_run], counts[is_run]) + _within(counts[is_run])
 
 
 def _within(lengths: np.ndarray) -> np.ndarray:
@@ -370,33 +368,43 @@ def _step_columns(recs: list[StepRecord]) -> dict[str, Any]:
     }
 
 
-def _slot_columns(entries: list[StepRecord] | DecodeRun) -> dict[str, np.ndarray]:
-    """The slots frame's columns for StepRecords or one DecodeRun."""
-    if isinstance(entries, DecodeRun):
-        e, k = entries, entries.num_steps
-        j = np.arange(k)[:, None]
-        inside = np.asarray(e.steps)[None, :] > j  # step by request: whether it is in that step
-        return {
-            "step": np.broadcast_to(e.step + j, inside.shape)[inside],
-            "req_id": np.broadcast_to(np.asarray(e.req_ids, dtype=object), inside.shape)[inside],
-            "phase": np.full(int(inside.sum()), "decode", dtype=object),
-            "num_tokens": np.ones(int(inside.sum()), dtype="int64"),
-            "context_len": (np.asarray(e.context_lens, dtype="int64") + j)[inside],
-        }
-    slots = [(r.step, s) for r in entries for s in r.batch]
+def _slot_columns(recs: list[StepRecord]) -> dict[str, np.ndarray]:
+    """The slots frame's columns for step records."""
+    slots = [s for r in recs for s in r.batch]
     return {
-        "step": np.asarray([step for step, _ in slots], dtype="int64"),
-        "req_id": np.asarray([s.req_id for _, s in slots], dtype=object),
-        "phase": np.asarray([s.phase for _, s in slots], dtype=object),
-        "num_tokens": np.asarray([s.num_tokens for _, s in slots], dtype="int64"),
-        "context_len": np.asarray([s.context_len for _, s in slots], dtype="int64"),
+        "step": np.repeat([r.step for r in recs], [len(r.batch) for r in recs]),
+        "req_id": np.asarray([s.req_id for s in slots], dtype=object),
+        "phase": np.asarray([s.phase for s in slots], dtype=object),
+        "num_tokens": np.asarray([s.num_tokens for s in slots], dtype="int64"),
+        "context_len": np.asarray([s.context_len for s in slots], dtype="int64"),
     }
 
 
-def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray | None = None) -> pd.DataFrame:
-    """One frame from column chunks, each column concatenated once (and its rows put in `order`)."""
-    if order is None:
-        return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+def _run_slot_columns(
+    runs: list[DecodeRun], step_rows: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The slots frame's columns for decode runs, request by request, with each slot's row in
+    the steps frame (`step_rows` holds every run step's) and its place in that step's batch."""
+    sizes = np.fromiter((len(r.req_ids) for r in runs), "int64", len(runs))
+    steps = np.fromiter(chain.from_iterable(r.steps for r in runs), "int64", int(sizes.sum()))
+    contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
+    req_ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
+    j = _within(steps)  # each slot's step within its run
+    run_of = np.repeat(np.repeat(np.arange(len(runs)), sizes), steps)
+    k = np.fromiter((r.num_steps for r in runs), "int64", len(runs))
+    first_row = step_rows[np.cumsum(k) - k]
+    columns = {
+        "step": np.asarray([r.step for r in runs], dtype="int64")[run_of] + j,
+        "req_id": np.repeat(req_ids, steps),
+        "phase": np.full(len(j), "decode", dtype=object),
+        "num_tokens": np.ones(len(j), dtype="int64"),
+        "context_len": np.repeat(contexts, steps) + j,
+    }
+    return columns, first_row[run_of] + j, np.repeat(_within(sizes), steps)
+
+
+def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray) -> pd.DataFrame:
+    """One frame from column chunks, each column concatenated once, its rows taken in `order`."""
     return pd.DataFrame({c: np.concatenate([p[c] for p in parts])[order] for c in parts[0]})
 
 
