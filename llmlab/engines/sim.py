@@ -80,6 +80,7 @@ class SimEngine(Engine):
     waiting, every running request decoding) is computed in one go up to the next arrival or
     block shortage, past the finishes on the way, and recorded as a `DecodeRun`: the trace is
     the same as stepping one at a time (the tests compare both), only much faster to make.
+    A step that admits requests while every running one decodes builds its batch in one pass.
     """
 
     name = "sim"
