@@ -38,6 +38,7 @@ def check_blocks(s: Scheduler) -> None:
             holders[b] = holders.get(b, 0) + 1
     for block_id, refs in enumerate(bm.ref_counts):
         assert refs == holders.get(block_id, 0)
+    assert bm._num_shared == sum(1 for refs in bm.ref_counts if refs > 1)
     assert sorted(bm.free_blocks()) == [b for b, refs in enumerate(bm.ref_counts) if refs == 0]
     # the prefix cache and the block hashes point at each other; cached-free blocks are free and hashed
     assert {(h, b) for h, b in bm.cached.items()} == {(h, b) for b, h in enumerate(bm.block_hashes) if h is not None}

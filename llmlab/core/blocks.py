@@ -82,6 +82,7 @@ class BlockManager:
         self.free_queue: deque[int] = deque(range(num_blocks))
         self._stale: dict[int, int] = {}  # block id -> its stale entries, which precede its live one
         self._num_free = num_blocks
+        self._num_shared = 0  # blocks held by more than one block table
         self.cached: dict[int, int] = {}  # block hash -> block id
         self.num_cached_free = 0  # free blocks still holding a registered prefix
         self._hashes: dict[str, list[int]] = {}  # req_id -> hashes of its full blocks
@@ -277,16 +278,25 @@ class BlockManager:
             self._num_free -= 1
             self.num_cached_free -= self.block_hashes[block_id] is not None
         self.ref_counts[block_id] += 1
+        if self.ref_counts[block_id] == 2:
+            self._num_shared += 1
 
     def free(self, req: Request) -> None:
         """Release `req`'s blocks; its tail goes to the eviction end first, so shared prefixes live longer."""
         ref_counts = self.ref_counts
-        released = []
-        for block_id in reversed(req.block_ids):
-            left = ref_counts[block_id] - 1
-            ref_counts[block_id] = left
-            if not left:
-                released.append(block_id)
+        if not self._num_shared:  # every block in use has one holder: all of them are released
+            released = req.block_ids[::-1]
+            for block_id in released:
+                ref_counts[block_id] = 0
+        else:
+            released = []
+            for block_id in reversed(req.block_ids):
+                left = ref_counts[block_id] - 1
+                ref_counts[block_id] = left
+                if not left:
+                    released.append(block_id)
+                elif left == 1:
+                    self._num_shared -= 1
         self.free_queue.extend(released)
         self._num_free += len(released)
         if self.cached:
