@@ -3,7 +3,7 @@ on Llama-3.1-8B, one H100, bf16, timed in phases, against the 3-second target fo
 
 Side by side in the same process, on the first `--compare-n` requests: stepping one step at a
 time against fast-forwarding steady decode runs (the traces are checked equal), and prefix
-caching on against off (hashing every block is the simulator's largest fixed cost).
+caching on against off (its per-block bookkeeping is the simulator's largest fixed cost).
 
     python benchmarks/sim_speed.py                 # 10,000 requests, then the comparisons
     python benchmarks/sim_speed.py --n 1000 --compare-n 500   # a quicker look

@@ -115,10 +115,7 @@ class Session:
                         r.first_scheduled = rec.t_start
                 for req_id, n in out.new_tokens.items():
                     r = records[req_id]
-                    if n == 1:
-                        r.token_times.append(te)
-                    else:
-                        r.token_times.extend([te] * n)
+                    r.token_times.extend([te] * n)
                     r.output_tokens += n
                     if r.first_token is None:
                         r.first_token = te

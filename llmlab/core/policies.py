@@ -21,6 +21,9 @@ from llmlab.core.scheduler import Batch, Scheduler
 class Policy:
     name = ""
     always_chunk = False  # chunk prompts even when enable_chunked_prefill is off
+    # with every running request decoding and the pool serving them all, a step is all the
+    # decodes, then `admit_waiting` (the simulator builds such a step in one pass)
+    decodes_then_admits = False
 
     def schedule(self, s: Scheduler) -> Batch:
         raise NotImplementedError
@@ -55,6 +58,7 @@ class Policy:
 
 class Chunked(Policy):
     name = "chunked"
+    decodes_then_admits = True
 
     def schedule(self, s: Scheduler) -> Batch:
         batch = Batch()
@@ -82,6 +86,7 @@ class PrefillFirst(Policy):
 class SplitFuse(Policy):
     name = "splitfuse"
     always_chunk = True
+    decodes_then_admits = True
 
     def schedule(self, s: Scheduler) -> Batch:
         batch = Batch()

@@ -296,7 +296,7 @@ class SimEngine(Engine):
         by the policy's own code. Built in one pass; None when the step is not of that kind."""
         sched, blocks = self.scheduler, self.blocks
         cfg, running = sched.config, sched.running
-        if not sched.waiting or not running or cfg.policy not in ("chunked", "splitfuse"):
+        if not sched.waiting or not running or not sched.policy.decodes_then_admits:
             return None
         budget = cfg.max_num_batched_tokens - len(running)
         if budget < 0:
