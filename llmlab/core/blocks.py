@@ -9,7 +9,6 @@ in least-recently-used order.
 from __future__ import annotations
 
 import operator
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -30,6 +29,9 @@ def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) 
     hashing, while a list prompt holding the same ids hashes differently.
     """
     hashes = [] if start is None else start
+    p, known = req.num_prompt_tokens, len(hashes) * block_size
+    if known >= p:  # the prompt's blocks are known: only outputs to add (most calls)
+        return _chain_outputs(hashes, req.output_token_ids, known - p, req.num_tokens - p, block_size)
     prompt = req.prompt_token_ids
     if isinstance(prompt, range) and prompt.step == 1:
         last = min(len(prompt), req.num_tokens) // block_size
@@ -37,14 +39,19 @@ def chain_hashes(req: Request, block_size: int, start: list[int] | None = None) 
             base = prompt.start * RANGE_KEY_STRIDE
             hashes += range(base + len(hashes), base + last)
     parent = hashes[-1] if hashes else 0
-    append = hashes.append
-    i, end, p = len(hashes) * block_size, req.num_tokens - block_size + 1, req.num_prompt_tokens
+    i, end = len(hashes) * block_size, req.num_tokens - block_size + 1
     while i < end and i < p:  # blocks that start in the prompt
         parent = hash((parent, *req.token_ids(i, i + block_size)))
-        append(parent)
+        hashes.append(parent)
         i += block_size
-    out = req.output_token_ids
-    for j in range(i - p, end - p, block_size):  # blocks wholly in the outputs
+    return _chain_outputs(hashes, req.output_token_ids, i - p, req.num_tokens - p, block_size)
+
+
+def _chain_outputs(hashes: list[int], out: list[int], first: int, num_out: int, block_size: int) -> list[int]:
+    """`chain_hashes` for the blocks wholly in the outputs, from output index `first` on."""
+    parent = hashes[-1] if hashes else 0
+    append = hashes.append
+    for j in range(first, num_out - block_size + 1, block_size):
         parent = hash((parent, *out[j : j + block_size]))
         append(parent)
     return hashes
@@ -79,7 +86,9 @@ class BlockManager:
         self.block_hashes: list[int | None] = [None] * num_blocks  # its prefix hash, if in the prefix cache
         # free blocks in eviction order; a block taken back from the middle (a prefix hit) stays
         # behind as a stale entry, skipped when it reaches the front (`_stale` counts them)
-        self.free_queue: deque[int] = deque(range(num_blocks))
+        # (a list read from `_head` on: taking n blocks is one slice, at C speed)
+        self.free_queue: list[int] = list(range(num_blocks))
+        self._head = 0
         self._stale: dict[int, int] = {}  # block id -> its stale entries, which precede its live one
         self._num_free = num_blocks
         self._num_shared = 0  # blocks held by more than one block table
@@ -109,7 +118,7 @@ class BlockManager:
     def free_blocks(self) -> Iterator[int]:
         """The free blocks, next to be evicted first."""
         stale = dict(self._stale)
-        for block_id in self.free_queue:
+        for block_id in self.free_queue[self._head :]:
             if stale.get(block_id):
                 stale[block_id] -= 1
             else:
@@ -183,18 +192,20 @@ class BlockManager:
         fresh (besides, the cache holds none of them); `apply_commits` carries it out."""
         if not self.enable_prefix_caching:
             return CommitPlan([], [], True, True)
-        bs, committed = self.block_size, self._committed
+        bs, committed, request_hashes = self.block_size, self._committed, self._request_hashes
         filled: list[tuple[Request, int, int]] = []
         hashes: list[int] = []
         waiting: list[int] = []  # hashes of blocks waiting to take over a prefix
+        nothing = (0, ())
         for req, n in zip(reqs, num_tokens, strict=True):
-            done, duplicates = committed.get(req.req_id, (0, ()))
+            done, duplicates = committed.get(req.req_id, nothing)
+            full = n // bs
             if duplicates:
-                known = self._request_hashes(req)
+                known = request_hashes(req)
                 waiting += [known[i] for i in duplicates]
-            if n // bs > done:
-                filled.append((req, done, n // bs))
-                hashes += self._request_hashes(req)[done : n // bs]
+            if full > done:
+                filled.append((req, done, full))
+                hashes += request_hashes(req)[done:full]
         touched = hashes + waiting if waiting else hashes
         independent = len(set(touched)) == len(touched)
         fresh = independent and not waiting and self.cached.keys().isdisjoint(hashes)
@@ -245,8 +256,9 @@ class BlockManager:
         """Take `n` blocks from the eviction end of the free queue (the caller checked there are
         enough), dropping the cached prefixes they held; each comes back with one reference.
         `evicted`, if given, gets one flag per block: whether it held a cached prefix."""
-        popleft, stale = self.free_queue.popleft, self._stale
-        taken = [popleft() for _ in range(n)]
+        queue, stale = self.free_queue, self._stale
+        head = self._head + n
+        taken = queue[head - n : head]
         while stale and not stale.keys().isdisjoint(taken):  # skip entries of blocks taken back
             live = []
             for block_id in taken:
@@ -256,7 +268,13 @@ class BlockManager:
                         del stale[block_id]
                 else:
                     live.append(block_id)
-            taken = live + [popleft() for _ in range(n - len(live))]
+            more = n - len(live)
+            taken = live + queue[head : head + more]
+            head += more
+        if head > len(queue) // 2:  # drop the taken half: amortised O(1) per block
+            del queue[:head]
+            head = 0
+        self._head = head
         self._num_free -= n
         ref_counts, block_hashes, cached = self.ref_counts, self.block_hashes, self.cached
         dropped = 0

@@ -124,14 +124,15 @@ class Request:
 
     def append_token(self, token_id: int) -> str | None:
         """Add a sampled token; return a finish reason when a stop condition is met."""
-        self.output_token_ids.append(token_id)
+        out = self.output_token_ids
+        out.append(token_id)
         self.num_tokens += 1
         p = self.params
-        if not p.ignore_eos and token_id in self.eos_token_ids:
+        if token_id in self.eos_token_ids and not p.ignore_eos:
             return "stop"
         if token_id in p.stop_token_ids:
             return "stop"
-        if self.num_output_tokens >= p.max_tokens:
+        if len(out) >= p.max_tokens:
             return "length"
         return None
 

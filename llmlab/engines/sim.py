@@ -340,11 +340,11 @@ class SimEngine(Engine):
         limit = sched.config.max_model_len
         computed, remaining = [], []  # remaining: the step in which each request finishes
         for req in running:
-            c = req.num_computed_tokens
-            if c != req.num_tokens - 1 or not req.output_token_ids or PLACEHOLDER_TOKEN in req.params.stop_token_ids:
+            c, out, params = req.num_computed_tokens, req.output_token_ids, req.params
+            if c != req.num_tokens - 1 or not out or PLACEHOLDER_TOKEN in params.stop_token_ids:
                 return None  # not decoding, or would stop on the placeholder token
             computed.append(c)
-            remaining.append(min(req.params.max_tokens - req.num_output_tokens, limit - req.num_tokens))
+            remaining.append(min(params.max_tokens - len(out), limit - c - 1))
         # the others decode on after a finish, unless someone arrives at it or a block waits to
         # take over a prefix (each step re-checks those)
         through = past_finishes and not blocks.pending_duplicates
