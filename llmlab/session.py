@@ -75,17 +75,28 @@ class Session:
         stopped = run._stop.is_set
         t0 = engine.now()
         step = 0
+
+        def add_arrivals(clock: float) -> None:
+            """Hand the engine every request that has arrived by `clock` (or, in a closed loop,
+            as many as there are free users)."""
+            while pending and len(in_flight) < limit and (closed or t0 + pending[0][0].arrival <= clock):
+                item, ids, params = pending.popleft()
+                engine.add_request(item.req_id, ids, params)
+                in_flight.add(item.req_id)
+                # an open-loop request arrived at its own time, even if a step was running then
+                arrival = clock - t0 if closed else item.arrival
+                trace.add_request(RequestRecord(item.req_id, arrival=arrival, prompt_tokens=len(ids)))
+
+        def arrive(clock: float) -> float | None:
+            """For an engine that steps on past an arrival: add the arrivals, say when the next is."""
+            add_arrivals(clock)
+            return t0 + pending[0][0].arrival if pending else None
+
         try:
             while (pending or engine.has_unfinished()) and not stopped():
                 clock = engine.now()
                 now = clock - t0
-                while pending and len(in_flight) < limit and (closed or t0 + pending[0][0].arrival <= clock):
-                    item, ids, params = pending.popleft()
-                    engine.add_request(item.req_id, ids, params)
-                    in_flight.add(item.req_id)
-                    # an open-loop request arrived at its own time, even if a step was running then
-                    arrival = now if closed else item.arrival
-                    trace.add_request(RequestRecord(item.req_id, arrival=arrival, prompt_tokens=len(ids)))
+                add_arrivals(clock)
                 if not engine.has_unfinished():
                     wait = pending[0][0].arrival - now
                     if engine.virtual_clock:
@@ -98,7 +109,7 @@ class Session:
                 # in a closed loop every finish lets the next request in, so a run must stop at one
                 past_finishes = not (pending and closed)
                 ts = engine.now()
-                out = engine.step_until(until, past_finishes)
+                out = engine.step_until(until, past_finishes, None if closed else arrive)
                 rec = out.record
                 if isinstance(rec, DecodeRun):
                     self._record_decode_run(rec, out, step, ts - t0, t0, in_flight)
@@ -142,14 +153,24 @@ class Session:
     def _record_decode_run(
         self, rec: DecodeRun, out: EngineStep, step: int, start: float, t0: float, in_flight: set[str]
     ) -> None:
-        """Stamp a run of decode steps and give each of its requests one token per step."""
+        """Stamp a run of decode steps and give each of its requests one token per step (and
+        the requests it admits their first)."""
         rec.step, rec.t_start = step, start
         rec.t_ends = ends = [t - t0 for t in rec.t_ends]
         k = len(ends)
         records = self.run.trace.request_records
-        for req_id, n in zip(rec.req_ids, rec.steps, strict=True):
+        for slot, j, samples in zip(rec.prefills, rec.prefill_at, rec.prefill_samples, strict=True):
+            r = records[slot.req_id]  # admitted in step j: its first token, if its prompt is done
+            if r.first_scheduled is None:
+                r.first_scheduled = ends[j - 1] if j else start
+            if samples:
+                r.token_times.append(ends[j])
+                r.output_tokens += 1
+                if r.first_token is None:
+                    r.first_token = ends[j]
+        for req_id, first, n in zip(rec.req_ids, rec.firsts(), rec.steps, strict=True):
             r = records[req_id]
-            r.token_times.extend(ends if n == k else ends[:n])
+            r.token_times.extend(ends if n == k else ends[first : first + n])
             r.output_tokens += n
         for c, n in zip(out.finished, rec.finish_steps(), strict=True):
             self._finish(c, ends[n - 1], in_flight)

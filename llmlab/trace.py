@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmlab.core.records import Completion, DecodeRun, EngineInfo, RequestRecord, StepRecord
+from llmlab.core.records import Completion, DecodeRun, EngineInfo, RequestRecord, Slot, StepRecord
 
 FORMAT_VERSION = 1
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -153,7 +153,7 @@ class Trace:
             return _frame({}, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
         # each slot sorts by its step's row in the steps frame, then its place in the batch
         lens = np.fromiter((len(r.batch) for r in recs), "int64", len(recs))
-        width = 1 + max(int(lens.max(initial=0)), max((len(r.req_ids) for r in runs), default=0))
+        width = 1 + max(int(lens.max(initial=0)), max((len(r.req_ids) + len(r.prefills) for r in runs), default=0))
         parts, keys = [], []
         if recs:
             parts.append(_slot_columns(recs))
@@ -283,6 +283,22 @@ def _within(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
 
 
+def _run_rows(runs: list[DecodeRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every run's rows together: (how many each run has, first steps, steps, the run of each)."""
+    sizes = np.fromiter((len(r.req_ids) for r in runs), "int64", len(runs))
+    firsts = np.fromiter(chain.from_iterable(r.firsts() for r in runs), "int64", int(sizes.sum()))
+    steps = np.fromiter(chain.from_iterable(r.steps for r in runs), "int64", len(firsts))
+    return sizes, firsts, steps, np.repeat(np.arange(len(runs)), sizes)
+
+
+def _run_prefills(runs: list[DecodeRun]) -> tuple[list[Slot], np.ndarray, np.ndarray]:
+    """Every run's prefill slots together: (the slots, the step of each within its run, its run)."""
+    slots = list(chain.from_iterable(r.prefills for r in runs))
+    at = np.fromiter(chain.from_iterable(r.prefill_at for r in runs), "int64", len(slots))
+    counts = [len(r.prefills) for r in runs]
+    return slots, at, np.repeat(np.arange(len(runs)), counts)
+
+
 def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     """The steps frame's columns (all but duration) for decode runs, all of them at once."""
     k = np.fromiter((r.num_steps for r in runs), "int64", len(runs))
@@ -292,39 +308,54 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     t_start = np.empty(total)
     t_start[1:] = t_end[:-1]
     t_start[start] = [r.t_start for r in runs]
-    # request i of a run computes in its first steps[i] steps: it is gone from row start + steps[i]
-    sizes = np.fromiter((len(r.req_ids) for r in runs), "int64", len(runs))
-    steps = np.fromiter(chain.from_iterable(r.steps for r in runs), "int64", int(sizes.sum()))
-    run_of = np.repeat(np.arange(len(runs)), sizes)
-    leaves = steps < k[run_of]
-    leaving = np.bincount(start[run_of][leaves] + steps[leaves], minlength=total)
-    gone = np.cumsum(leaving)
-    active = np.repeat(sizes, k) - (gone - np.repeat(gone[start] - leaving[start], k))
+    # row i of a run decodes from row start + firsts[i] until start + firsts[i] + steps[i], at
+    # the latest the next run's first row: the running sum of joins less leaves counts them
+    _, firsts, steps, run_of = _run_rows(runs)
+    joins = start[run_of] + firsts
+    change = np.bincount(joins, minlength=total + 1) - np.bincount(joins + steps, minlength=total + 1)
+    active = np.cumsum(change)[:total]
+    # prefill slots (admissions) sit after the decodes of their step
+    slots, at, prefill_run = _run_prefills(runs)
+    where = start[prefill_run] + at
+    is_prefill = np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots))
+    tokens = np.fromiter((s.num_tokens for s in slots), "int64", len(slots))
+    hits = np.fromiter(chain.from_iterable(r.prefill_hits for r in runs), "int64", len(slots))
+
+    def per_step(weights: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+        w = None if weights is None else weights if mask is None else weights * mask
+        if w is None and mask is not None:
+            w = mask.astype("int64")
+        return np.bincount(where, weights=w, minlength=total).astype("int64")
+
+    admitted = per_step()
+    prefill_reqs = per_step(mask=is_prefill)
     ends = [s + n - 1 for s, r in zip(start.tolist(), runs, strict=True) for n in r.finish_steps()]
     done = np.bincount(np.asarray(ends, dtype="int64"), minlength=total)
     used = np.fromiter(chain.from_iterable(r.kv_used for r in runs), "int64", total)
     cached = np.fromiter(chain.from_iterable(r.kv_cached for r in runs), "int64", total)
     num_blocks = np.repeat([r.num_blocks for r in runs], k)
-    zeros = np.zeros(total, dtype="int64")
+    waiting = np.zeros(total, dtype="int64")
+    waiting[start + k - 1] = [r.waiting for r in runs]
+    batch = active + admitted
     return {
         "step": np.repeat([r.step for r in runs], k) + _within(k),
         "t_start": t_start,
         "t_end": t_end,
-        "batch_size": active,
-        "prefill_tokens": zeros,
-        "decode_tokens": active,
-        "num_prefill_reqs": zeros,
-        "num_decode_reqs": active,
-        "waiting": zeros,
-        "running": active - done,
-        "admitted": zeros,
-        "preempted": zeros,
+        "batch_size": batch,
+        "prefill_tokens": per_step(tokens, is_prefill),
+        "decode_tokens": active + per_step(tokens, ~is_prefill),
+        "num_prefill_reqs": prefill_reqs,
+        "num_decode_reqs": batch - prefill_reqs,
+        "waiting": waiting,
+        "running": batch - done,
+        "admitted": admitted,
+        "preempted": np.zeros(total, dtype="int64"),
         "finished": done,
         "kv_used": used,
         "kv_cached": cached,
         "kv_free": num_blocks - used - cached,
         "kv_total": num_blocks,
-        "prefix_hit_tokens": zeros,
+        "prefix_hit_tokens": per_step(hits),
         "source": np.full(total, "exact", dtype=object),
     }
 
@@ -383,24 +414,36 @@ def _slot_columns(recs: list[StepRecord]) -> dict[str, np.ndarray]:
 def _run_slot_columns(
     runs: list[DecodeRun], step_rows: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The slots frame's columns for decode runs, request by request, with each slot's row in
-    the steps frame (`step_rows` holds every run step's) and its place in that step's batch."""
-    sizes = np.fromiter((len(r.req_ids) for r in runs), "int64", len(runs))
-    steps = np.fromiter(chain.from_iterable(r.steps for r in runs), "int64", int(sizes.sum()))
+    """The slots frame's columns for decode runs, request by request and then their prefill
+    slots, with each slot's row in the steps frame (`step_rows` holds every run step's) and its
+    place in that step's batch (decodes in row order, then the prefills)."""
+    sizes, firsts, steps, run_of = _run_rows(runs)
     contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
     req_ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
-    j = _within(steps)  # each slot's step within its run
-    run_of = np.repeat(np.repeat(np.arange(len(runs)), sizes), steps)
+    within = _within(steps)
+    j = np.repeat(firsts, steps) + within  # each decode slot's step within its run
+    slot_run = np.repeat(run_of, steps)
     k = np.fromiter((r.num_steps for r in runs), "int64", len(runs))
     first_row = step_rows[np.cumsum(k) - k]
+    step0 = np.asarray([r.step for r in runs], dtype="int64")
+    slots, at, prefill_run = _run_prefills(runs)
+    counts = np.bincount(prefill_run, minlength=len(runs))
     columns = {
-        "step": np.asarray([r.step for r in runs], dtype="int64")[run_of] + j,
-        "req_id": np.repeat(req_ids, steps),
-        "phase": np.full(len(j), "decode", dtype=object),
-        "num_tokens": np.ones(len(j), dtype="int64"),
-        "context_len": np.repeat(contexts, steps) + j,
+        "step": np.concatenate((step0[slot_run] + j, step0[prefill_run] + at)),
+        "req_id": np.concatenate((np.repeat(req_ids, steps), np.asarray([s.req_id for s in slots], dtype=object))),
+        "phase": np.concatenate(
+            (np.full(len(j), "decode", dtype=object), np.asarray([s.phase for s in slots], dtype=object))
+        ),
+        "num_tokens": np.concatenate(
+            (np.ones(len(j), dtype="int64"), np.fromiter((s.num_tokens for s in slots), "int64", len(slots)))
+        ),
+        "context_len": np.concatenate(
+            (np.repeat(contexts, steps) + within, np.fromiter((s.context_len for s in slots), "int64", len(slots)))
+        ),
     }
-    return columns, first_row[run_of] + j, np.repeat(_within(sizes), steps)
+    rows = np.concatenate((first_row[slot_run] + j, first_row[prefill_run] + at))
+    places = np.concatenate((np.repeat(_within(sizes), steps), sizes[prefill_run] + _within(counts)))
+    return columns, rows, places
 
 
 def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray) -> pd.DataFrame:

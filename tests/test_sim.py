@@ -303,6 +303,28 @@ def test_steady_batches_match_the_policy_with_chunked_prompts_and_a_short_pool(p
     assert _pool_state(fast_eng) == _pool_state(slow_eng)
 
 
+def test_decode_runs_admit_arrivals_as_stepping_does():
+    # requests arrive while others decode: a run goes on through each arrival, admitting it in
+    # a step of all the decodes plus its prompt; prompts longer than the budget's rest are only
+    # partly computed there (the run ends after that step), and one-token requests finish in it
+    wl = workloads.poisson(rate=100, n=60, prompt_len=(8, 90), output_len=(1, 30), seed=4)
+    (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, **SMALL)
+    runs = [e for e in fast.trace._entries if type(e).__name__ == "DecodeRun"]
+    prefills = [(p, done) for r in runs for p, done in zip(r.prefills, r.prefill_samples, strict=True)]
+    assert sum(done for _, done in prefills) > 10 and not all(done for _, done in prefills)
+    finished_there = {p.req_id for r in runs for p in r.prefills} & {f for r in runs for f in r.finished}
+    assert any(f not in r.req_ids for r in runs for f in finished_there if f in r.finished)
+    assert len(fast.trace._entries) < len(slow.trace._entries) / 3
+    assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
+    assert [r.to_dict() for r in fast.trace.request_records.values()] == [
+        r.to_dict() for r in slow.trace.request_records.values()
+    ]
+    pd.testing.assert_frame_equal(fast.steps, slow.steps)
+    pd.testing.assert_frame_equal(fast.slots, slow.slots)
+    pd.testing.assert_frame_equal(fast.trace.itl, slow.trace.itl)
+    assert _pool_state(fast_eng) == _pool_state(slow_eng)
+
+
 @pytest.mark.parametrize("num_blocks", [None, 30, 17])
 def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, monkeypatch):
     # identical prompts admitted together compute the same blocks: duplicates wait to register,

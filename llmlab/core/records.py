@@ -85,45 +85,66 @@ class StepRecord:
 
 @dataclass(slots=True)
 class DecodeRun:
-    """Consecutive decode-only steps stored compactly: nobody waits, is admitted or is preempted,
-    and request `req_ids[i]` computes one token in each of the first `steps[i]` steps. A request
-    in fewer steps than the run finished in its last one; `finished` lists every request that
-    finishes, by step then batch order. `expand()` gives the `StepRecord`s it stands for; the
-    simulator emits these to cover long stretches of steady decoding without a record each.
+    """Consecutive steps stored compactly: in each, every running request decodes one token, and
+    requests that arrived meanwhile may be admitted; nobody is preempted. Row i (`req_ids[i]`)
+    decodes one token in each of `steps[i]` steps from step `first_steps[i]` (0 when not given);
+    a row in fewer steps than the run's rest finished in its last one. `prefills[m]` is a slot
+    computed in step `prefill_at[m]` after that step's decodes: the admission of a request
+    (`prefill_hits[m]` of its tokens from the prefix cache; `prefill_samples[m]`: its whole
+    prompt was computed, so it sampled a token), which decodes from the next step on as a row
+    of its own. `finished` lists every request that finishes, by step then batch order, and
+    `waiting` counts those still waiting after the last step. `expand()` gives the
+    `StepRecord`s it stands for; the simulator emits these to cover long stretches of steady
+    decoding without a record each.
     """
 
     step: int  # index of the first step
     t_start: float  # start of the first step; each later step starts where the one before ended
     t_ends: list[float]  # end of every step
-    req_ids: list[str]  # the first step's batch, in batch order
-    context_lens: list[int]  # each request's context after the first step (one more per step)
-    steps: list[int]  # how many of the steps each request is in, from the first
+    req_ids: list[str]  # the requests that decode, in batch order
+    context_lens: list[int]  # each request's context after its first decode step (one more per step)
+    steps: list[int]  # in how many steps each request decodes
     kv_used: list[int]  # blocks in use after every step
     kv_cached: list[int]  # free blocks still holding a prefix after every step
     block_size: int
     num_blocks: int
     finished: list[str] = field(default_factory=list)
+    first_steps: list[int] = field(default_factory=list)  # each row's first decode step; empty: all 0
+    prefills: list[Slot] = field(default_factory=list)
+    prefill_at: list[int] = field(default_factory=list)
+    prefill_hits: list[int] = field(default_factory=list)
+    prefill_samples: list[bool] = field(default_factory=list)
+    waiting: int = 0  # requests waiting after the last step
 
     @property
     def num_steps(self) -> int:
         return len(self.t_ends)
 
+    def firsts(self) -> list[int]:
+        """Each row's first decode step."""
+        return self.first_steps or [0] * len(self.req_ids)
+
     def finish_steps(self) -> list[int]:
         """The step (counted from 1) in which each of `finished` ends."""
-        steps = dict(zip(self.req_ids, self.steps, strict=True))
-        return [steps[r] for r in self.finished]
+        ends = {p.req_id: j + 1 for p, j in zip(self.prefills, self.prefill_at, strict=True)}
+        ends.update((r, f + n) for r, f, n in zip(self.req_ids, self.firsts(), self.steps, strict=True))
+        return [ends[r] for r in self.finished]
 
     def expand(self) -> list[StepRecord]:
         """One `StepRecord` per step, equal to what stepping one at a time records."""
         out = []
         ends = self.finish_steps()
+        rows = list(zip(self.req_ids, self.context_lens, self.firsts(), self.steps, strict=True))
         t_start = self.t_start
+        last = self.num_steps - 1
         for j, t_end in enumerate(self.t_ends):
-            batch = [
-                Slot(r, "decode", 1, c + j)
-                for r, c, s in zip(self.req_ids, self.context_lens, self.steps, strict=True)
-                if s > j
-            ]
+            batch = [Slot(r, "decode", 1, c + j - f) for r, c, f, s in rows if f <= j < f + s]
+            admitted, hits = [], 0
+            for slot, at, hit in zip(self.prefills, self.prefill_at, self.prefill_hits, strict=True):
+                if at == j:
+                    batch.append(slot)
+                    admitted.append(slot.req_id)
+                    hits += hit
             done = [r for r, s in zip(self.finished, ends, strict=True) if s == j + 1]
             used, cached = self.kv_used[j], self.kv_cached[j]
             out.append(
@@ -132,10 +153,12 @@ class DecodeRun:
                     t_start=t_start,
                     t_end=t_end,
                     batch=batch,
-                    waiting=0,
+                    waiting=self.waiting if j == last else 0,
                     running=len(batch) - len(done),
+                    admitted=admitted,
                     finished=done,
                     kv=KVSnapshot(self.block_size, self.num_blocks, used, cached, self.num_blocks - used - cached),
+                    prefix_hit_tokens=hits,
                 )
             )
             t_start = t_end

@@ -60,6 +60,11 @@ class ScheduledRequest:
     def samples(self) -> bool:
         return self.start + self.num_tokens == self.request.num_tokens
 
+    @property
+    def context_len(self) -> int:
+        """Tokens in the request's KV cache after the step (as `Slot.context_len`)."""
+        return self.start + self.num_tokens
+
 
 @dataclass
 class Batch:

@@ -10,6 +10,7 @@ and each one runs to its `max_tokens` (or the context limit).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ StepTime = Callable[[list[Slot]], float]
 PLACEHOLDER_TOKEN = 0
 DEFAULT_MAX_MODEL_LEN = 8192
 OWNERS_AUTO_LIMIT = 4096  # record KV owners every step for pools up to this many blocks
-MAX_DECODE_RUN = 4096  # most steps one DecodeRun covers
+MAX_DECODE_RUN = 4096  # about the most steps one DecodeRun covers (a live view sees each run at its end)
 
 
 @cache
@@ -80,7 +81,8 @@ class SimEngine(Engine):
     waiting, every running request decoding) is computed in one go up to the next arrival or
     block shortage, past the finishes on the way, and recorded as a `DecodeRun`: the trace is
     the same as stepping one at a time (the tests compare both), only much faster to make.
-    A step that admits requests while every running one decodes builds its batch in one pass.
+    A step that admits requests while every running one decodes builds its batch in one pass,
+    and with open-loop arrivals the run goes on through it.
     """
 
     name = "sim"
@@ -280,15 +282,19 @@ class SimEngine(Engine):
         sched = self.scheduler
         batch = (self.fast_forward and self._steady_batch()) or sched.next_batch()
         slots = batch.slots()
-        seconds = float(self.step_time(slots))
-        if not seconds >= 0.0:
-            raise ValueError(f"step_time returned {seconds!r} seconds for step of {len(slots)} slots: must be >= 0")
-        self.clock += seconds
+        self._tick(self.step_time(slots), len(slots))
         sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
         finished = sched.update(batch, sampled)
         record = sched.record(batch, finished, owners=self.trace_kv_owners, slots=slots)
         completions = [self._complete(r) for r in finished]
         return EngineStep(record, dict.fromkeys(sampled, 1), completions)
+
+    def _tick(self, seconds: float, num_slots: int) -> None:
+        """Advance the clock by one step's time, which must be a number of seconds >= 0."""
+        seconds = float(seconds)
+        if not seconds >= 0.0:
+            raise ValueError(f"step_time returned {seconds!r} seconds for step of {num_slots} slots: must be >= 0")
+        self.clock += seconds
 
     def _steady_batch(self) -> Batch | None:
         """The batch the policy would pick when every running request decodes, the pool holds a
@@ -318,31 +324,87 @@ class SimEngine(Engine):
         sched.policy.admit_waiting(sched, batch, budget, chunk)
         return batch
 
-    def step_until(self, until: float | None, past_finishes: bool = True) -> EngineStep:
+    def step_until(
+        self, until: float | None, past_finishes: bool = True, arrive: Callable[[float], float | None] | None = None
+    ) -> EngineStep:
         if self.fast_forward and self.cost_model is not None and not self.trace_kv_owners:
-            out = self._decode_run(until, past_finishes)
+            out = self._decode_run(until, past_finishes, arrive)
             if out is not None:
                 return out
         return self.step()
 
-    def _decode_run(self, until: float | None, past_finishes: bool) -> EngineStep | None:
-        """Steady decode steps computed together, or None when the next step is not one of them.
+    def _decode_run(
+        self, until: float | None, past_finishes: bool, arrive: Callable[[float], float | None] | None
+    ) -> EngineStep | None:
+        """Steady steps computed together as one `DecodeRun`, or None when the next step is not
+        one of them: stretches of decoding, and with `arrive`, on through arrivals, each admitted
+        in a step that is all the decodes, then the policy's admissions (as `_steady_batch`).
 
         The pool, the prefix cache and the clock change exactly as stepping would change them:
         block allocations, prefix commits and finishes happen in step and batch order, only at
         the steps where they happen.
         """
+        sched = self.scheduler
+        run = _RunParts(list(sched.running), [r.num_computed_tokens + 1 for r in sched.running])
+        while len(run.t_ends) < MAX_DECODE_RUN:
+            if until is not None and self.clock >= until:
+                if arrive is None:
+                    break
+                until = arrive(self.clock)  # as the session adds them between steps
+            if sched.waiting:
+                if arrive is None or not self._admission_step(run) or sched.waiting or not sched.running:
+                    break  # (someone still waiting has the next step check on them)
+            elif not self._decode_segment(until, past_finishes, run) or not sched.running:
+                break
+            elif until is None or self.clock < until:
+                break  # it stopped for a finish, the pool or its length, not an arrival
+        if not run.t_ends:
+            return None
+        record = run.record(self.blocks)
+        return EngineStep(record, {}, [self._complete(r) for r in run.finished])
+
+    def _admission_step(self, run: _RunParts) -> bool:
+        """One step of `_steady_batch` added to `run`; False (and nothing done) when the next step
+        is not of that kind. (When someone still waits after it, or a prompt is only partly
+        computed, the next step is not steady: the run ends there.)"""
+        sched, blocks = self.scheduler, self.blocks
+        batch = self._steady_batch()
+        if batch is None:
+            return False
+        self._tick(self.step_time(batch.items), len(batch.items))  # the cost model reads num_tokens, context_len
+        sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
+        finished = sched.update(batch, sampled)
+        j = len(run.t_ends)
+        run.add_step(self.clock, blocks.num_used, blocks.num_cached_free)
+        for item in batch.items[len(batch.items) - len(batch.admitted) :]:
+            req = item.request
+            samples = req.req_id in sampled
+            run.prefills.append(Slot(req.req_id, item.phase, item.num_tokens, item.context_len))
+            run.prefill_at.append(j)
+            run.prefill_hits.append(item.start)
+            run.prefill_samples.append(samples)
+            if samples and req.finish_reason is None:  # it decodes from the next step on
+                run.rows.append(req)
+                run.firsts.append(j + 1)
+                run.contexts.append(item.context_len + 1)
+        run.add_finishes(finished, j + 1)
+        run.waiting = len(sched.waiting)
+        return True
+
+    def _decode_segment(self, until: float | None, past_finishes: bool, run: _RunParts) -> bool:
+        """Steady decode steps, up to the step that ends at or past `until`, added to `run`;
+        False (and nothing done) when the next step is not one."""
         sched, blocks = self.scheduler, self.blocks
         running = list(sched.running)
         n = len(running)
         if sched.waiting or n == 0 or (sched.config.policy != "static" and n > sched.config.max_num_batched_tokens):
-            return None
+            return False
         limit = sched.config.max_model_len
         computed, remaining = [], []  # remaining: the step in which each request finishes
         for req in running:
             c, out, params = req.num_computed_tokens, req.output_token_ids, req.params
             if c != req.num_tokens - 1 or not out or PLACEHOLDER_TOKEN in params.stop_token_ids:
-                return None  # not decoding, or would stop on the placeholder token
+                return False  # not decoding, or would stop on the placeholder token
             computed.append(c)
             remaining.append(min(params.max_tokens - len(out), limit - c - 1))
         # the others decode on after a finish, unless someone arrives at it or a block waits to
@@ -351,7 +413,7 @@ class SimEngine(Engine):
         k = min(MAX_DECODE_RUN, max(remaining) if through else min(remaining))
         ends = self.cost_model.decode_ends(self.clock, computed, [min(r, k) for r in remaining], until)
         if ends is None:
-            return None  # pipeline parallel, or a bad step time (the regular step reports it)
+            return False  # pipeline parallel, or a bad step time (the regular step reports it)
         bs = blocks.block_size
         first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
         k = len(ends)
@@ -360,7 +422,7 @@ class SimEngine(Engine):
             # the pool runs dry: the step before the allocation it cannot serve is the last
             k = sorted(j for js in allocs for j in js)[blocks.num_free] - 1
         if k < 2:
-            return None
+            return False
         steps = [min(r, k) for r in remaining]
         for req, s in zip(running, steps, strict=True):
             req.extend_outputs(PLACEHOLDER_TOKEN, s)
@@ -374,34 +436,25 @@ class SimEngine(Engine):
             for req, s in zip(running, steps, strict=True):
                 req.drop_outputs(s - keep)
             if k < 2:
-                return None
+                return False
             steps, targets = [k] * n, [c + k for c in computed]
             plan = blocks.plan_commits(running, targets)
         if plan.independent:
             used, cached = self._advance_in_bulk(running, first_alloc, steps, targets, plan)
         else:
             used, cached = self._advance_stepwise(running, computed, first_alloc, k)
-        finished = []
+        base = len(run.t_ends)
         for s, i in sorted((s, i) for i, s in enumerate(steps) if s == remaining[i]):
             before = blocks.num_used, blocks.num_cached_free
-            finished.append(sched.finish(running[i], "length"))
+            run.add_finishes([sched.finish(running[i], "length")], base + s)
             used[s] += blocks.num_used - before[0]
             cached[s] += blocks.num_cached_free - before[1]
         self.clock = ends[k - 1]
-        record = DecodeRun(
-            step=0,
-            t_start=0.0,
-            t_ends=ends[:k],
-            req_ids=[r.req_id for r in running],
-            context_lens=[c + 1 for c in computed],
-            steps=steps,
-            kv_used=list(accumulate(used))[1:],
-            kv_cached=list(accumulate(cached))[1:],
-            block_size=bs,
-            num_blocks=blocks.num_blocks,
-            finished=[r.req_id for r in finished],
-        )
-        return EngineStep(record, {}, [self._complete(r) for r in finished])
+        run.t_ends += ends[:k]
+        run.kv_used += list(accumulate(used))[1:]
+        run.kv_cached += list(accumulate(cached))[1:]
+        run.waiting = 0
+        return True
 
     def _advance_in_bulk(
         self, running: list[Request], first_alloc: list[int], steps: list[int], targets: list[int], plan: CommitPlan
@@ -478,6 +531,67 @@ class SimEngine(Engine):
 
     def __repr__(self) -> str:
         return f"<sim engine: {self.info.model} on {self.info.device}, {self.info.dtype}>"
+
+
+@dataclass
+class _RunParts:
+    """A `DecodeRun` being put together, a stretch of decoding or an admission step at a time.
+    Rows are the requests that decode, in batch order, each from its first step; a row's
+    context is the one after its first decode step."""
+
+    rows: list[Request]
+    contexts: list[int]
+    firsts: list[int] = field(init=False)
+    t_ends: list[float] = field(default_factory=list)
+    kv_used: list[int] = field(default_factory=list)
+    kv_cached: list[int] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+    finish_step: dict[str, int] = field(default_factory=dict)  # req_id -> step it finished in, from 1
+    prefills: list[Slot] = field(default_factory=list)
+    prefill_at: list[int] = field(default_factory=list)
+    prefill_hits: list[int] = field(default_factory=list)
+    prefill_samples: list[bool] = field(default_factory=list)
+    waiting: int = 0  # after the last step
+
+    def __post_init__(self) -> None:
+        self.firsts = [0] * len(self.rows)
+
+    def add_step(self, t_end: float, used: int, cached: int) -> None:
+        self.t_ends.append(t_end)
+        self.kv_used.append(used)
+        self.kv_cached.append(cached)
+
+    def add_finishes(self, reqs: list[Request], step: int) -> None:
+        self.finished += reqs
+        for req in reqs:
+            self.finish_step[req.req_id] = step
+
+    def record(self, blocks: BlockManager) -> DecodeRun:
+        k = len(self.t_ends)
+        rows = []
+        for req, first, context in zip(self.rows, self.firsts, self.contexts, strict=True):
+            n = self.finish_step.get(req.req_id, k) - first
+            if n > 0:  # not admitted in the last step
+                rows.append((req.req_id, first, context, n))
+        return DecodeRun(
+            step=0,
+            t_start=0.0,
+            t_ends=self.t_ends,
+            req_ids=[r[0] for r in rows],
+            context_lens=[r[2] for r in rows],
+            steps=[r[3] for r in rows],
+            kv_used=self.kv_used,
+            kv_cached=self.kv_cached,
+            block_size=blocks.block_size,
+            num_blocks=blocks.num_blocks,
+            finished=[r.req_id for r in self.finished],
+            first_steps=[r[1] for r in rows] if self.prefills else [],
+            prefills=self.prefills,
+            prefill_at=self.prefill_at,
+            prefill_hits=self.prefill_hits,
+            prefill_samples=self.prefill_samples,
+            waiting=self.waiting,
+        )
 
 
 def window_ids(offset: int, length: int) -> range:
