@@ -314,12 +314,13 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     joins = start[run_of] + firsts
     change = np.bincount(joins, minlength=total + 1) - np.bincount(joins + steps, minlength=total + 1)
     active = np.cumsum(change)[:total]
-    # prefill slots (admissions) sit after the decodes of their step
+    # prompt chunks (admissions, or prompts going on) sit after the decodes of their step
     slots, at, prefill_run = _run_prefills(runs)
     where = start[prefill_run] + at
     is_prefill = np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots))
     tokens = np.fromiter((s.num_tokens for s in slots), "int64", len(slots))
     hits = np.fromiter(chain.from_iterable(r.prefill_hits for r in runs), "int64", len(slots))
+    is_new = np.fromiter(chain.from_iterable(r.prefill_admitted for r in runs), bool, len(slots))
 
     def per_step(weights: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         w = None if weights is None else weights if mask is None else weights * mask
@@ -327,7 +328,7 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
             w = mask.astype("int64")
         return np.bincount(where, weights=w, minlength=total).astype("int64")
 
-    admitted = per_step()
+    extra = per_step()
     prefill_reqs = per_step(mask=is_prefill)
     ends = [s + n - 1 for s, r in zip(start.tolist(), runs, strict=True) for n in r.finish_steps()]
     done = np.bincount(np.asarray(ends, dtype="int64"), minlength=total)
@@ -335,8 +336,10 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     cached = np.fromiter(chain.from_iterable(r.kv_cached for r in runs), "int64", total)
     num_blocks = np.repeat([r.num_blocks for r in runs], k)
     waiting = np.zeros(total, dtype="int64")
-    waiting[start + k - 1] = [r.waiting for r in runs]
-    batch = active + admitted
+    for s, r in zip(start.tolist(), runs, strict=True):
+        for j, n in r.waiting.items():
+            waiting[s + j] = n
+    batch = active + extra
     return {
         "step": np.repeat([r.step for r in runs], k) + _within(k),
         "t_start": t_start,
@@ -348,14 +351,14 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
         "num_decode_reqs": batch - prefill_reqs,
         "waiting": waiting,
         "running": batch - done,
-        "admitted": admitted,
+        "admitted": per_step(mask=is_new),
         "preempted": np.zeros(total, dtype="int64"),
         "finished": done,
         "kv_used": used,
         "kv_cached": cached,
         "kv_free": num_blocks - used - cached,
         "kv_total": num_blocks,
-        "prefix_hit_tokens": per_step(hits),
+        "prefix_hit_tokens": per_step(hits, is_new),
         "source": np.full(total, "exact", dtype=object),
     }
 

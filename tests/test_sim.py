@@ -287,18 +287,21 @@ def test_steady_batches_match_the_policy_with_chunked_prompts_and_a_short_pool(p
     # prefills and a queue, and the small pool preempts; a batch built in one pass must be
     # the policy's own batch in every step where it is built
     built = []
-    original = SimEngine._steady_batch
+    original = SimEngine._steady_start
 
     def spy(self):
-        batch = original(self)
-        built.append(batch is not None)
-        return batch
+        start = original(self)
+        built.append(start is not None)
+        return start
 
-    monkeypatch.setattr(SimEngine, "_steady_batch", spy)
+    monkeypatch.setattr(SimEngine, "_steady_start", spy)
     wl = workloads.poisson(rate=200, n=40, prompt_len=(30, 120), output_len=(4, 40), seed=3)
     (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, policy=policy, **{**SMALL, "block_size": 4, "num_blocks": 60})
     assert any(built) and not all(built)
     assert slow.summary()["preemptions"] > 0
+    runs = [e for e in fast.trace._entries if type(e).__name__ == "DecodeRun"]
+    assert any(not new for r in runs for new in r.prefill_admitted)  # prompts went on inside runs
+    assert any(r.waiting for r in runs)  # and steps with a queue
     assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
     assert _pool_state(fast_eng) == _pool_state(slow_eng)
 
@@ -306,7 +309,7 @@ def test_steady_batches_match_the_policy_with_chunked_prompts_and_a_short_pool(p
 def test_decode_runs_admit_arrivals_as_stepping_does():
     # requests arrive while others decode: a run goes on through each arrival, admitting it in
     # a step of all the decodes plus its prompt; prompts longer than the budget's rest are only
-    # partly computed there (the run ends after that step), and one-token requests finish in it
+    # partly computed there (and go on in the next steps), and one-token requests finish in it
     wl = workloads.poisson(rate=100, n=60, prompt_len=(8, 90), output_len=(1, 30), seed=4)
     (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, **SMALL)
     runs = [e for e in fast.trace._entries if type(e).__name__ == "DecodeRun"]

@@ -85,15 +85,16 @@ class StepRecord:
 
 @dataclass(slots=True)
 class DecodeRun:
-    """Consecutive steps stored compactly: in each, every running request decodes one token, and
-    requests that arrived meanwhile may be admitted; nobody is preempted. Row i (`req_ids[i]`)
-    decodes one token in each of `steps[i]` steps from step `first_steps[i]` (0 when not given);
-    a row in fewer steps than the run's rest finished in its last one. `prefills[m]` is a slot
-    computed in step `prefill_at[m]` after that step's decodes: the admission of a request
-    (`prefill_hits[m]` of its tokens from the prefix cache; `prefill_samples[m]`: its whole
-    prompt was computed, so it sampled a token), which decodes from the next step on as a row
-    of its own. `finished` lists every request that finishes, by step then batch order, and
-    `waiting` counts those still waiting after the last step. `expand()` gives the
+    """Consecutive steps stored compactly: in each, every running request decodes one token but
+    perhaps one partway through its prompt, and requests that arrived meanwhile may be admitted;
+    nobody is preempted. Row i (`req_ids[i]`) decodes one token in each of `steps[i]` steps from
+    step `first_steps[i]` (0 when not given); a row in fewer steps than the run's rest finished
+    in its last one. `prefills[m]` is a prompt chunk computed in step `prefill_at[m]` after that
+    step's decodes: a request admitted there (`prefill_admitted[m]`, with `prefill_hits[m]` of
+    its tokens from the prefix cache) or one going on with its prompt. If its prompt is done
+    (`prefill_samples[m]`) it sampled a token and decodes from the next step on as a row of its
+    own. `finished` lists every request that finishes, by step then batch order, and `waiting`
+    maps a step to the requests still waiting after it, where any are. `expand()` gives the
     `StepRecord`s it stands for; the simulator emits these to cover long stretches of steady
     decoding without a record each.
     """
@@ -114,7 +115,8 @@ class DecodeRun:
     prefill_at: list[int] = field(default_factory=list)
     prefill_hits: list[int] = field(default_factory=list)
     prefill_samples: list[bool] = field(default_factory=list)
-    waiting: int = 0  # requests waiting after the last step
+    prefill_admitted: list[bool] = field(default_factory=list)
+    waiting: dict[int, int] = field(default_factory=dict)  # step -> requests waiting after it, if any
 
     @property
     def num_steps(self) -> int:
@@ -135,16 +137,17 @@ class DecodeRun:
         out = []
         ends = self.finish_steps()
         rows = list(zip(self.req_ids, self.context_lens, self.firsts(), self.steps, strict=True))
+        prefills = list(zip(self.prefills, self.prefill_at, self.prefill_hits, self.prefill_admitted, strict=True))
         t_start = self.t_start
-        last = self.num_steps - 1
         for j, t_end in enumerate(self.t_ends):
             batch = [Slot(r, "decode", 1, c + j - f) for r, c, f, s in rows if f <= j < f + s]
             admitted, hits = [], 0
-            for slot, at, hit in zip(self.prefills, self.prefill_at, self.prefill_hits, strict=True):
+            for slot, at, hit, new in prefills:
                 if at == j:
                     batch.append(slot)
-                    admitted.append(slot.req_id)
-                    hits += hit
+                    if new:
+                        admitted.append(slot.req_id)
+                        hits += hit
             done = [r for r, s in zip(self.finished, ends, strict=True) if s == j + 1]
             used, cached = self.kv_used[j], self.kv_cached[j]
             out.append(
@@ -153,7 +156,7 @@ class DecodeRun:
                     t_start=t_start,
                     t_end=t_end,
                     batch=batch,
-                    waiting=self.waiting if j == last else 0,
+                    waiting=self.waiting.get(j, 0),
                     running=len(batch) - len(done),
                     admitted=admitted,
                     finished=done,

@@ -171,25 +171,37 @@ class Scheduler:
 
     def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
         """Advance requests by the computed tokens, append sampled ones; return those that finished."""
-        finished = []
-        limit = self.config.max_model_len
-        blocks = self.blocks
-        bs, pending = blocks.block_size, blocks.pending_duplicates
+        finished: list[Request] = []
         for item in batch.items:
             req = item.request
             if req.status is Status.FINISHED:  # aborted while the step ran
                 continue
-            start = item.start
-            end = req.num_computed_tokens = start + item.num_tokens
-            if end // bs > start // bs or req.req_id in pending:  # a block filled, or one waits to register
-                blocks.commit(req)
-            if end == req.num_tokens and req.req_id in sampled:
-                reason = req.append_token(sampled[req.req_id])
-                if reason is None and req.num_tokens >= limit:
-                    reason = "length"
-                if reason is not None:
-                    finished.append(self._finish(req, reason))
+            end = item.start + item.num_tokens
+            self._advance(req, item.start, end, sampled.get(req.req_id) if end == req.num_tokens else None, finished)
         return finished
+
+    def decode(self, reqs: list[Request], token_id: int) -> list[Request]:
+        """`update` for a step in which each of `reqs` computed its last token and sampled
+        `token_id` (the simulator's steady steps, without a batch item each)."""
+        finished: list[Request] = []
+        for req in reqs:
+            c = req.num_computed_tokens
+            self._advance(req, c, c + 1, token_id, finished)
+        return finished
+
+    def _advance(self, req: Request, start: int, end: int, token: int | None, finished: list[Request]) -> None:
+        """`req` computed tokens start..end, then sampled `token` (None: it did not sample)."""
+        req.num_computed_tokens = end
+        blocks = self.blocks
+        bs = blocks.block_size
+        if end // bs > start // bs or req.req_id in blocks.pending_duplicates:  # a block filled, or one waits
+            blocks.commit(req)
+        if token is not None:
+            reason = req.append_token(token)
+            if reason is None and req.num_tokens >= self.config.max_model_len:
+                reason = "length"
+            if reason is not None:
+                finished.append(self._finish(req, reason))
 
     def finish(self, req: Request, reason: str) -> Request:
         """End a running request early (for example on a stop string)."""

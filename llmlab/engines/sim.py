@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from llmlab.core.blocks import BlockManager, CommitPlan
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
-from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig
+from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig, phase_of
 from llmlab.engines.base import Engine, EngineStep
+from llmlab.plan.cost import step_load
 
 if TYPE_CHECKING:
     from llmlab.run import Run
@@ -296,31 +297,63 @@ class SimEngine(Engine):
             raise ValueError(f"step_time returned {seconds!r} seconds for step of {num_slots} slots: must be >= 0")
         self.clock += seconds
 
-    def _steady_batch(self) -> Batch | None:
-        """The batch the policy would pick when every running request decodes, the pool holds a
-        new block for each that needs one, and requests wait: all the decodes, then admissions
-        by the policy's own code. Built in one pass; None when the step is not of that kind."""
+    def _steady_start(self) -> tuple[list[Request], Batch, int, bool, int] | None:
+        """The start of a steady step (see `_steady_batch`), done: the decoders' new blocks and
+        the prompt's next chunk allocated. Returns (the decoders, a batch holding that chunk,
+        the budget left for admissions, whether prompts chunk, the decoders' context after the
+        step), or None (and nothing done) when the step is not steady."""
         sched, blocks = self.scheduler, self.blocks
         cfg, running = sched.config, sched.running
-        if not sched.waiting or not running or not sched.policy.decodes_then_admits:
+        if not running or not sched.policy.decodes_then_admits:
             return None
-        budget = cfg.max_num_batched_tokens - len(running)
+        prompt = running[-1] if not _decoding(running[-1]) else None
+        if prompt is None and not sched.waiting:
+            return None
+        decoders = running[:-1] if prompt is not None else running
+        budget = cfg.max_num_batched_tokens - len(decoders)
         if budget < 0:
             return None
         grow = []
         bs = blocks.block_size
-        for req in running:
+        context = len(decoders)
+        for req in decoders:
             c = req.num_computed_tokens
             if c != req.num_tokens - 1 or not req.output_token_ids:
-                return None
+                return None  # not decoding
             if len(req.block_ids) * bs <= c:
                 grow.append(req)
-        if len(grow) > blocks.num_free:
+            context += c
+        chunk = cfg.enable_chunked_prefill or sched.policy.always_chunk
+        need = len(grow)
+        if prompt is not None:
+            start = prompt.num_computed_tokens
+            left = prompt.num_tokens - start
+            n = left if left < budget else budget
+            if n <= 0 or (n < left and not chunk):
+                return None  # the policy leaves it out of this step
+            need += max(0, blocks.blocks_for(start + n) - len(prompt.block_ids))
+        if need > blocks.num_free:
             return None  # someone is preempted: the policy decides whom
         for req, block_id in zip(grow, blocks.pop_free(len(grow)), strict=True):
             req.block_ids.append(block_id)
-        batch = Batch([ScheduledRequest(r, r.num_computed_tokens, 1, "decode") for r in running])
-        chunk = cfg.enable_chunked_prefill or sched.policy.always_chunk
+        batch = Batch()
+        if prompt is not None:
+            blocks.allocate(prompt, start + n)
+            batch.items.append(ScheduledRequest(prompt, start, n, phase_of(prompt, n)))
+            budget -= n
+        return list(decoders), batch, budget, chunk, context
+
+    def _steady_batch(self) -> Batch | None:
+        """The batch the policy would pick when every running request decodes but perhaps the
+        last, partway through its prompt, the pool holds all they need, and requests wait or
+        that prompt goes on: all the decodes, the prompt's next chunk, then admissions by the
+        policy's own code. Built in one pass; None when the step is not of that kind."""
+        start = self._steady_start()
+        if start is None:
+            return None
+        decoders, rest, budget, chunk, _ = start
+        batch = Batch([ScheduledRequest(r, r.num_computed_tokens, 1, "decode") for r in decoders] + rest.items)
+        sched = self.scheduler
         sched.policy.admit_waiting(sched, batch, budget, chunk)
         return batch
 
@@ -345,15 +378,16 @@ class SimEngine(Engine):
         the steps where they happen.
         """
         sched = self.scheduler
-        run = _RunParts(list(sched.running), [r.num_computed_tokens + 1 for r in sched.running])
+        decoding = [r for r in sched.running if _decoding(r)]  # a prompt going on joins as it finishes
+        run = _RunParts(decoding, [r.num_computed_tokens + 1 for r in decoding])
         while len(run.t_ends) < MAX_DECODE_RUN:
             if until is not None and self.clock >= until:
                 if arrive is None:
                     break
                 until = arrive(self.clock)  # as the session adds them between steps
-            if sched.waiting:
-                if arrive is None or not self._admission_step(run) or sched.waiting or not sched.running:
-                    break  # (someone still waiting has the next step check on them)
+            if sched.waiting or (sched.running and not _decoding(sched.running[-1])):
+                if arrive is None or not self._steady_step(run) or not sched.running:
+                    break
             elif not self._decode_segment(until, past_finishes, run) or not sched.running:
                 break
             elif until is None or self.clock < until:
@@ -363,32 +397,39 @@ class SimEngine(Engine):
         record = run.record(self.blocks)
         return EngineStep(record, {}, [self._complete(r) for r in run.finished])
 
-    def _admission_step(self, run: _RunParts) -> bool:
-        """One step of `_steady_batch` added to `run`; False (and nothing done) when the next step
-        is not of that kind. (When someone still waits after it, or a prompt is only partly
-        computed, the next step is not steady: the run ends there.)"""
+    def _steady_step(self, run: _RunParts) -> bool:
+        """One step of `_steady_batch` added to `run`, its decodes advanced together; False (and
+        nothing done) when the next step is not of that kind."""
         sched, blocks = self.scheduler, self.blocks
-        batch = self._steady_batch()
-        if batch is None:
+        start = self._steady_start()
+        if start is None:
             return False
-        self._tick(self.step_time(batch.items), len(batch.items))  # the cost model reads num_tokens, context_len
+        decoders, batch, budget, chunk, context = start
+        sched.policy.admit_waiting(sched, batch, budget, chunk)
+        # a decode adds its context to both the KV read and the attention pairs (see step_load)
+        load, n = step_load(batch.items), len(decoders)
+        kv_read, pairs = context + load.kv_read, context + load.attn_pairs
+        self._tick(self.cost_model.time_for(n + load.tokens, n + load.seqs, kv_read, pairs), n + len(batch.items))
         sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
-        finished = sched.update(batch, sampled)
+        finished = sched.decode(decoders, PLACEHOLDER_TOKEN) + sched.update(batch, sampled)
         j = len(run.t_ends)
         run.add_step(self.clock, blocks.num_used, blocks.num_cached_free)
-        for item in batch.items[len(batch.items) - len(batch.admitted) :]:
+        admitted = set(batch.admitted)
+        for item in batch.items:  # after the decodes: a prompt going on, then admissions
             req = item.request
             samples = req.req_id in sampled
             run.prefills.append(Slot(req.req_id, item.phase, item.num_tokens, item.context_len))
             run.prefill_at.append(j)
-            run.prefill_hits.append(item.start)
+            run.prefill_hits.append(item.start if req.req_id in admitted else 0)
             run.prefill_samples.append(samples)
+            run.prefill_admitted.append(req.req_id in admitted)
             if samples and req.finish_reason is None:  # it decodes from the next step on
                 run.rows.append(req)
                 run.firsts.append(j + 1)
                 run.contexts.append(item.context_len + 1)
         run.add_finishes(finished, j + 1)
-        run.waiting = len(sched.waiting)
+        if sched.waiting:
+            run.waiting[j] = len(sched.waiting)
         return True
 
     def _decode_segment(self, until: float | None, past_finishes: bool, run: _RunParts) -> bool:
@@ -399,14 +440,16 @@ class SimEngine(Engine):
         n = len(running)
         if sched.waiting or n == 0 or (sched.config.policy != "static" and n > sched.config.max_num_batched_tokens):
             return False
-        limit = sched.config.max_model_len
+        limit, bs = sched.config.max_model_len, blocks.block_size
         computed, remaining = [], []  # remaining: the step in which each request finishes
+        first_alloc = []  # the step in which each first needs a new block
         for req in running:
             c, out, params = req.num_computed_tokens, req.output_token_ids, req.params
             if c != req.num_tokens - 1 or not out or PLACEHOLDER_TOKEN in params.stop_token_ids:
                 return False  # not decoding, or would stop on the placeholder token
             computed.append(c)
             remaining.append(min(params.max_tokens - len(out), limit - c - 1))
+            first_alloc.append(len(req.block_ids) * bs - c + 1)
         # the others decode on after a finish, unless someone arrives at it or a block waits to
         # take over a prefix (each step re-checks those)
         through = past_finishes and not blocks.pending_duplicates
@@ -414,29 +457,26 @@ class SimEngine(Engine):
         ends = self.cost_model.decode_ends(self.clock, computed, [min(r, k) for r in remaining], until)
         if ends is None:
             return False  # pipeline parallel, or a bad step time (the regular step reports it)
-        bs = blocks.block_size
-        first_alloc = [len(req.block_ids) * bs - c + 1 for req, c in zip(running, computed, strict=True)]
         k = len(ends)
         allocs = [range(a, min(r, k) + 1, bs) for a, r in zip(first_alloc, remaining, strict=True)]
         if sum(map(len, allocs)) > blocks.num_free:
             # the pool runs dry: the step before the allocation it cannot serve is the last
             k = sorted(j for js in allocs for j in js)[blocks.num_free] - 1
-        if k < 2:
-            return False
-        steps = [min(r, k) for r in remaining]
-        for req, s in zip(running, steps, strict=True):
+            if k < 1:
+                return False
+        steps, targets = [], []
+        for req, c, r in zip(running, computed, remaining, strict=True):
+            s = r if r < k else k
+            steps.append(s)
+            targets.append(c + s)
             req.extend_outputs(PLACEHOLDER_TOKEN, s)
-        targets = [c + s for c, s in zip(computed, steps, strict=True)]
         plan = blocks.plan_commits(running, targets)
         if min(steps) < k and not plan.fresh:
             # the order of commits could matter at a finish: stop at the first one instead (the
             # tokens taken back are placeholders again later, so the hashes made stay right)
             k = min(steps)
-            keep = k if k >= 2 else 0
             for req, s in zip(running, steps, strict=True):
-                req.drop_outputs(s - keep)
-            if k < 2:
-                return False
+                req.drop_outputs(s - k)
             steps, targets = [k] * n, [c + k for c in computed]
             plan = blocks.plan_commits(running, targets)
         if plan.independent:
@@ -453,7 +493,6 @@ class SimEngine(Engine):
         run.t_ends += ends[:k]
         run.kv_used += list(accumulate(used))[1:]
         run.kv_cached += list(accumulate(cached))[1:]
-        run.waiting = 0
         return True
 
     def _advance_in_bulk(
@@ -551,7 +590,8 @@ class _RunParts:
     prefill_at: list[int] = field(default_factory=list)
     prefill_hits: list[int] = field(default_factory=list)
     prefill_samples: list[bool] = field(default_factory=list)
-    waiting: int = 0  # after the last step
+    prefill_admitted: list[bool] = field(default_factory=list)
+    waiting: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.firsts = [0] * len(self.rows)
@@ -590,8 +630,14 @@ class _RunParts:
             prefill_at=self.prefill_at,
             prefill_hits=self.prefill_hits,
             prefill_samples=self.prefill_samples,
+            prefill_admitted=self.prefill_admitted,
             waiting=self.waiting,
         )
+
+
+def _decoding(req: Request) -> bool:
+    """Whether `req`'s next step is a decode: all but its last sampled token are computed."""
+    return req.num_computed_tokens == req.num_tokens - 1 and bool(req.output_token_ids)
 
 
 def window_ids(offset: int, length: int) -> range:
