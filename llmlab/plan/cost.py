@@ -255,21 +255,23 @@ class CostModel:
         seqs, kv = len(steps), sum(contexts) + len(steps)
         until = math.inf if until is None else until
         ends: list[float] = []
-        before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
-        for t in range(max(steps)):
-            if t in leaving:
-                gone, gone_kv = leaving[t]
-                seqs, kv = seqs - gone, kv - gone_kv
-                before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
-            read = kv + seqs * t
-            lin, mem = a3 * read, d3 * (read + seqs)
-            seconds = before + (lin if lin > mem else mem) + after
-            if not seconds > 0.0:
-                return None
-            clock += seconds
-            ends.append(clock)
-            if clock >= until:
-                break
+        append = ends.append
+        t = 0
+        for stop in sorted(leaving):  # steps t .. stop - 1 have the same requests
+            before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
+            read = kv + seqs * t  # KV read in step t
+            for _ in range(stop - t):
+                lin, mem = a3 * read, d3 * (read + seqs)
+                seconds = before + (lin if lin > mem else mem) + after
+                if not seconds > 0.0:
+                    return None
+                clock += seconds
+                append(clock)
+                if clock >= until:
+                    return ends
+                read += seqs
+            gone, gone_kv = leaving[stop]
+            t, seqs, kv = stop, seqs - gone, kv - gone_kv
         return ends
 
     def _around_attention(self, tokens: int, seqs: int) -> tuple[float, float]:
