@@ -24,6 +24,7 @@ them (about 10 and 100 cycles each) for a steadier estimate of the time.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import time
@@ -36,7 +37,9 @@ TARGET_N = 10_000
 
 def simulate(n: int, model: str, gpu: str, callgrind: bool = False, **knobs) -> tuple[llmlab.Run, float, float, float]:
     """(run, workload seconds, launch seconds, run seconds); with `callgrind`, valgrind counts
-    instructions during the run only."""
+    instructions during the run only. A full collection first, so that no run pays for
+    collecting what the runs before it left."""
+    gc.collect()
     t0 = time.perf_counter()
     wl = llmlab.workloads.from_trace("azure_conv", n=n)
     t1 = time.perf_counter()

@@ -154,13 +154,13 @@ class Session:
         self, rec: DecodeRun, out: EngineStep, step: int, start: float, t0: float, in_flight: set[str]
     ) -> None:
         """Stamp a run of decode steps and give each of its requests one token per step (and
-        the requests it admits their first)."""
+        the prompts it finishes their first)."""
         rec.step, rec.t_start = step, start
         rec.t_ends = ends = [t - t0 for t in rec.t_ends]
         k = len(ends)
         records = self.run.trace.request_records
         for slot, j, samples in zip(rec.prefills, rec.prefill_at, rec.prefill_samples, strict=True):
-            r = records[slot.req_id]  # admitted in step j: its first token, if its prompt is done
+            r = records[slot.req_id]  # a prompt chunk in step j: the first token, if the prompt is done
             if r.first_scheduled is None:
                 r.first_scheduled = ends[j - 1] if j else start
             if samples:
