@@ -322,14 +322,12 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     hits = np.fromiter(chain.from_iterable(r.prefill_hits for r in runs), "int64", len(slots))
     is_new = np.fromiter(chain.from_iterable(r.prefill_admitted for r in runs), bool, len(slots))
 
-    def per_step(weights: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        w = None if weights is None else weights if mask is None else weights * mask
-        if w is None and mask is not None:
-            w = mask.astype("int64")
-        return np.bincount(where, weights=w, minlength=total).astype("int64")
+    def per_step(weights: np.ndarray | None = None) -> np.ndarray:
+        """Sums over each step's prompt chunks (counts without weights)."""
+        return np.bincount(where, weights=weights, minlength=total).astype("int64")
 
     extra = per_step()
-    prefill_reqs = per_step(mask=is_prefill)
+    prefill_reqs = per_step(is_prefill)
     ends = [s + n - 1 for s, r in zip(start.tolist(), runs, strict=True) for n in r.finish_steps()]
     done = np.bincount(np.asarray(ends, dtype="int64"), minlength=total)
     used = np.fromiter(chain.from_iterable(r.kv_used for r in runs), "int64", total)
@@ -345,20 +343,20 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
         "t_start": t_start,
         "t_end": t_end,
         "batch_size": batch,
-        "prefill_tokens": per_step(tokens, is_prefill),
-        "decode_tokens": active + per_step(tokens, ~is_prefill),
+        "prefill_tokens": per_step(tokens * is_prefill),
+        "decode_tokens": active + per_step(tokens * ~is_prefill),
         "num_prefill_reqs": prefill_reqs,
         "num_decode_reqs": batch - prefill_reqs,
         "waiting": waiting,
         "running": batch - done,
-        "admitted": per_step(mask=is_new),
+        "admitted": per_step(is_new),
         "preempted": np.zeros(total, dtype="int64"),
         "finished": done,
         "kv_used": used,
         "kv_cached": cached,
         "kv_free": num_blocks - used - cached,
         "kv_total": num_blocks,
-        "prefix_hit_tokens": per_step(hits, is_new),
+        "prefix_hit_tokens": per_step(hits * is_new),
         "source": np.full(total, "exact", dtype=object),
     }
 

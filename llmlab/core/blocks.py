@@ -192,7 +192,7 @@ class BlockManager:
         fresh (besides, the cache holds none of them); `apply_commits` carries it out."""
         if not self.enable_prefix_caching:
             return CommitPlan([], [], True, True)
-        bs, committed, request_hashes, hashes_of = self.block_size, self._committed, self._request_hashes, self._hashes
+        bs, committed, request_hashes = self.block_size, self._committed, self._request_hashes
         filled: list[tuple[Request, int, int]] = []
         hashes: list[int] = []
         waiting: list[int] = []  # hashes of blocks waiting to take over a prefix
@@ -205,14 +205,7 @@ class BlockManager:
                 waiting += [known[i] for i in duplicates]
             if full > done:
                 filled.append((req, done, full))
-                known = hashes_of.get(req.req_id)
-                if known is None or len(known) < full:
-                    p = req.num_prompt_tokens
-                    if known is not None and len(known) * bs >= p:  # only output blocks to add (most)
-                        _chain_outputs(known, req.output_token_ids, len(known) * bs - p, req.num_tokens - p, bs)
-                    else:
-                        known = request_hashes(req)
-                hashes += known[done:full]
+                hashes += request_hashes(req)[done:full]
         touched = hashes + waiting if waiting else hashes
         independent = len(set(touched)) == len(touched)
         fresh = independent and not waiting and self.cached.keys().isdisjoint(hashes)

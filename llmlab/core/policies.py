@@ -21,8 +21,9 @@ from llmlab.core.scheduler import Batch, Scheduler
 class Policy:
     name = ""
     always_chunk = False  # chunk prompts even when enable_chunked_prefill is off
-    # with every running request decoding and the pool serving them all, a step is all the
-    # decodes, then `admit_waiting` (the simulator builds such a step in one pass)
+    # with every running request decoding but perhaps the last, partway through its prompt, and
+    # the pool serving them all, a step is all the decodes, that prompt's next chunk, then
+    # `admit_waiting` (the simulator builds such a step in one pass)
     decodes_then_admits = False
 
     def schedule(self, s: Scheduler) -> Batch:

@@ -110,6 +110,11 @@ class Request:
         return self.num_tokens - self.num_computed_tokens
 
     @property
+    def decoding(self) -> bool:
+        """True when its next step computes just its last sampled token (a decode)."""
+        return self.num_computed_tokens == self.num_tokens - 1 and bool(self.output_token_ids)
+
+    @property
     def in_prefill(self) -> bool:
         """True while the prompt (or, after preemption, prompt plus outputs) is being recomputed."""
         return self.num_remaining > 1 or self.num_computed_tokens < self.num_prompt_tokens

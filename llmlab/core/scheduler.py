@@ -266,6 +266,6 @@ class Scheduler:
 
 def phase_of(req: Request, num_tokens: int) -> Phase:
     """A step that computes just the last sampled token is a decode; anything else is prefill."""
-    if num_tokens == 1 and req.output_token_ids and req.num_computed_tokens == req.num_tokens - 1:
+    if num_tokens == 1 and req.decoding:
         return "decode"
     return "prefill"

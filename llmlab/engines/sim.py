@@ -306,7 +306,7 @@ class SimEngine(Engine):
         cfg, running = sched.config, sched.running
         if not running or not sched.policy.decodes_then_admits:
             return None
-        prompt = running[-1] if not _decoding(running[-1]) else None
+        prompt = running[-1] if not running[-1].decoding else None
         if prompt is None and not sched.waiting:
             return None
         decoders = running[:-1] if prompt is not None else running
@@ -318,8 +318,8 @@ class SimEngine(Engine):
         context = len(decoders)
         for req in decoders:
             c = req.num_computed_tokens
-            if c != req.num_tokens - 1 or not req.output_token_ids:
-                return None  # not decoding
+            if c != req.num_tokens - 1 or not req.output_token_ids:  # `req.decoding`, inline: hot
+                return None
             if len(req.block_ids) * bs <= c:
                 grow.append(req)
             context += c
@@ -378,14 +378,14 @@ class SimEngine(Engine):
         the steps where they happen.
         """
         sched = self.scheduler
-        decoding = [r for r in sched.running if _decoding(r)]  # a prompt going on joins as it finishes
+        decoding = [r for r in sched.running if r.decoding]  # a prompt going on joins as it finishes
         run = _RunParts(decoding, [r.num_computed_tokens + 1 for r in decoding])
         while len(run.t_ends) < MAX_DECODE_RUN:
             if until is not None and self.clock >= until:
                 if arrive is None:
                     break
                 until = arrive(self.clock)  # as the session adds them between steps
-            if sched.waiting or (sched.running and not _decoding(sched.running[-1])):
+            if sched.waiting or (sched.running and not sched.running[-1].decoding):
                 if arrive is None or not self._steady_step(run) or not sched.running:
                     break
             elif not self._decode_segment(until, past_finishes, run) or not sched.running:
@@ -417,12 +417,12 @@ class SimEngine(Engine):
         admitted = set(batch.admitted)
         for item in batch.items:  # after the decodes: a prompt going on, then admissions
             req = item.request
-            samples = req.req_id in sampled
+            samples, new = req.req_id in sampled, req.req_id in admitted
             run.prefills.append(Slot(req.req_id, item.phase, item.num_tokens, item.context_len))
             run.prefill_at.append(j)
-            run.prefill_hits.append(item.start if req.req_id in admitted else 0)
+            run.prefill_hits.append(item.start if new else 0)
             run.prefill_samples.append(samples)
-            run.prefill_admitted.append(req.req_id in admitted)
+            run.prefill_admitted.append(new)
             if samples and req.finish_reason is None:  # it decodes from the next step on
                 run.rows.append(req)
                 run.firsts.append(j + 1)
@@ -633,11 +633,6 @@ class _RunParts:
             prefill_admitted=self.prefill_admitted,
             waiting=self.waiting,
         )
-
-
-def _decoding(req: Request) -> bool:
-    """Whether `req`'s next step is a decode: all but its last sampled token are computed."""
-    return req.num_computed_tokens == req.num_tokens - 1 and bool(req.output_token_ids)
 
 
 def window_ids(offset: int, length: int) -> range:
