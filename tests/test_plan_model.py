@@ -299,6 +299,30 @@ def test_step_time_totals_and_breakdown_agree():
     assert model.step_time([]) == 0.0
 
 
+@pytest.mark.parametrize("attention", ["reads", "compute"])
+@pytest.mark.parametrize("until", [None, 0.35])
+def test_decode_ends_add_step_times_one_at_a_time(attention, until):
+    """The simulator's bulk decode clock is `time_for` step by step, to the bit, as requests
+    leave, up to the first step to end at or past `until`; with attention bound by its reads
+    (every catalogue GPU) or, here forced, by its arithmetic."""
+    model = CostModel("llama-3.1-8b", "H100")
+    if attention == "compute":  # per attention pair slower than per KV token read
+        coeffs = list(model._coeffs[0])
+        coeffs[7] = 3 * coeffs[8]
+        model._coeffs[0] = tuple(coeffs)
+    contexts, steps, clock = [100, 2000, 37, 5000, 64], [3, 50, 50, 20, 1], 0.25
+    expected = []
+    for j in range(max(steps)):
+        live = [c + 1 + j for c, s in zip(contexts, steps, strict=True) if s > j]  # KV each reads in step j
+        clock += model.time_for(len(live), len(live), sum(live), sum(live))
+        expected.append(clock)
+        if until is not None and clock >= until:
+            break
+    ends = model.decode_ends(0.25, contexts, steps, until)
+    assert ends == expected
+    assert (until is None) == (len(ends) == max(steps))
+
+
 def test_decode_and_prefill_follow_the_roofline():
     model = CostModel("llama-3.1-8b", "H100")
     t = [model.decode_time(b, 1024) for b in (1, 8, 64, 256)]

@@ -28,8 +28,10 @@ the rest with a few multiplications; a simulator that keeps the totals itself ca
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from llmlab.models.shapes import ModelShape, get_shape
@@ -243,11 +245,15 @@ class CostModel:
         `contexts[i]` tokens cached before the first) is in the first `steps[i]` of them; up to
         the step that ends at or past `until`. Each step is `time_for`'s arithmetic (its parts
         apart from attention kept by batch size) and the clock adds them one at a time, as
-        stepping does, so the seconds are the same to the bit. None when pp > 1 or a step's
-        time is not positive."""
-        if self.pp > 1:
+        stepping does, so the seconds are the same to the bit. None when pp > 1, a coefficient
+        is negative or a step's time is not positive."""
+        a3, d3 = self._coeffs[0][7:9]
+        if self.pp > 1 or a3 < 0.0 or d3 < 0.0:
             return None
-        parts, (a3, d3) = self._decode_parts, self._coeffs[0][7:9]
+        # attention takes its KV reads' time in every step when reading a token is the slower
+        # (the roundings keep that order): the usual case, with the shorter sum
+        read_bound = a3 <= d3
+        parts = self._decode_parts
         leaving: dict[int, tuple[int, int]] = {}  # step -> (requests, their KV) gone before it
         for c, s in zip(contexts, steps, strict=True):
             n, kv = leaving.get(s, (0, 0))
@@ -255,23 +261,32 @@ class CostModel:
         seqs, kv = len(steps), sum(contexts) + len(steps)
         until = math.inf if until is None else until
         ends: list[float] = []
-        append = ends.append
         t = 0
         for stop in sorted(leaving):  # steps t .. stop - 1 have the same requests
             before, after = parts.get(seqs) or parts.setdefault(seqs, self._around_attention(seqs, seqs))
             read = kv + seqs * t  # KV read in step t
-            for _ in range(stop - t):
-                lin, mem = a3 * read, d3 * (read + seqs)
-                seconds = before + (lin if lin > mem else mem) + after
-                if not seconds > 0.0:
+            while t < stop:
+                n = stop - t
+                if until < math.inf:  # not far past it: the steps only grow longer
+                    shortest = before + max(a3 * read, d3 * (read + seqs)) + after
+                    n = min(n, max(1, int((until - clock) / shortest) + 2)) if shortest > 0.0 else 1
+                tokens = range(read + seqs, read + seqs * (n + 1), seqs)  # each step's KV read and new tokens
+                if read_bound:
+                    seconds = [before + d3 * r + after for r in tokens]
+                else:
+                    seconds = [before + (x if (x := a3 * (r - seqs)) > (y := d3 * r) else y) + after for r in tokens]
+                if not seconds[0] > 0.0:  # the steps only grow longer
                     return None
-                clock += seconds
-                append(clock)
-                if clock >= until:
+                mark = len(ends)
+                ends += accumulate(seconds, initial=clock)  # the clock, one step at a time
+                del ends[mark]  # the clock before these steps
+                clock = ends[-1]
+                if clock >= until:  # the first step to end at or past it is the last
+                    del ends[bisect_left(ends, until, mark) + 1 :]
                     return ends
-                read += seqs
+                t, read = t + n, read + n * seqs
             gone, gone_kv = leaving[stop]
-            t, seqs, kv = stop, seqs - gone, kv - gone_kv
+            seqs, kv = seqs - gone, kv - gone_kv
         return ends
 
     def _around_attention(self, tokens: int, seqs: int) -> tuple[float, float]:
