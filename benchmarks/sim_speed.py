@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import platform
 import subprocess
+import sys
 import time
 
 import llmlab
@@ -88,6 +90,8 @@ def main() -> None:
         f"  predicted: {s['duration_s']:,.0f} simulated s, {s['output_tok_s']:,.0f} output tok/s, "
         f"TTFT p50 {s['ttft_p50'] * 1e3:.1f} ms, ITL p50 {s['itl_p50'] * 1e3:.2f} ms"
     )
+    # the interpreter's build matters as much as any change here (see the Makefile's PYTHON)
+    print(f"  on Python {platform.python_version()}, {os.path.realpath(sys._base_executable)}")
     scaled = total * TARGET_N / args.n
     ratio = scaled / TARGET_S
     print(f"  target: {TARGET_N:,} requests in {TARGET_S:.0f} s; at this pace {scaled:.1f} s = {ratio:.1f}x the target")
