@@ -379,8 +379,8 @@ class SimEngine(Engine):
         """
         sched = self.scheduler
         decoding = [r for r in sched.running if r.decoding]  # a prompt going on joins as it finishes
-        run = _RunParts(decoding, [r.num_computed_tokens + 1 for r in decoding])
-        while len(run.t_ends) < MAX_DECODE_RUN:
+        run = _RunParts.start(decoding, self.blocks)
+        while run.out.num_steps < MAX_DECODE_RUN:
             if until is not None and self.clock >= until:
                 if arrive is None:
                     break
@@ -392,10 +392,9 @@ class SimEngine(Engine):
                 break
             elif until is None or self.clock < until:
                 break  # it stopped for a finish, the pool or its length, not an arrival
-        if not run.t_ends:
+        if not run.out.num_steps:
             return None
-        record = run.record(self.blocks)
-        return EngineStep(record, {}, [self._complete(r) for r in run.finished])
+        return EngineStep(run.record(), {}, [self._complete(r) for r in run.finished])
 
     def _steady_step(self, run: _RunParts) -> bool:
         """One step of `_steady_batch` added to `run`, its decodes advanced together; False (and
@@ -412,24 +411,26 @@ class SimEngine(Engine):
         self._tick(self.cost_model.time_for(n + load.tokens, n + load.seqs, kv_read, pairs), n + len(batch.items))
         sampled = {i.request.req_id: PLACEHOLDER_TOKEN for i in batch.items if i.samples}
         finished = sched.decode(decoders, PLACEHOLDER_TOKEN) + sched.update(batch, sampled)
-        j = len(run.t_ends)
+        j = run.out.num_steps
         run.add_step(self.clock, blocks.num_used, blocks.num_cached_free)
         admitted = set(batch.admitted)
         for item in batch.items:  # after the decodes: a prompt going on, then admissions
             req = item.request
             samples, new = req.req_id in sampled, req.req_id in admitted
-            run.prefills.append(Slot(req.req_id, item.phase, item.num_tokens, item.context_len))
-            run.prefill_at.append(j)
-            run.prefill_hits.append(item.start if new else 0)
-            run.prefill_samples.append(samples)
-            run.prefill_admitted.append(new)
+            run.add_prefill(
+                Slot(req.req_id, item.phase, item.num_tokens, item.context_len),
+                j,
+                item.start if new else 0,
+                samples,
+                new,
+            )
             if samples and req.finish_reason is None:  # it decodes from the next step on
                 run.rows.append(req)
                 run.firsts.append(j + 1)
                 run.contexts.append(item.context_len + 1)
         run.add_finishes(finished, j + 1)
         if sched.waiting:
-            run.waiting[j] = len(sched.waiting)
+            run.out.waiting[j] = len(sched.waiting)
         return True
 
     def _decode_segment(self, until: float | None, past_finishes: bool, run: _RunParts) -> bool:
@@ -483,16 +484,16 @@ class SimEngine(Engine):
             used, cached = self._advance_in_bulk(running, first_alloc, steps, targets, plan)
         else:
             used, cached = self._advance_stepwise(running, computed, first_alloc, k)
-        base = len(run.t_ends)
+        base = run.out.num_steps
         for s, i in sorted((s, i) for i, s in enumerate(steps) if s == remaining[i]):
             before = blocks.num_used, blocks.num_cached_free
             run.add_finishes([sched.finish(running[i], "length")], base + s)
             used[s] += blocks.num_used - before[0]
             cached[s] += blocks.num_cached_free - before[1]
         self.clock = ends[k - 1]
-        run.t_ends += ends[:k]
-        run.kv_used += list(accumulate(used))[1:]
-        run.kv_cached += list(accumulate(cached))[1:]
+        run.out.t_ends += ends[:k]
+        run.out.kv_used += list(accumulate(used))[1:]
+        run.out.kv_cached += list(accumulate(cached))[1:]
         return True
 
     def _advance_in_bulk(
@@ -574,65 +575,67 @@ class SimEngine(Engine):
 
 @dataclass
 class _RunParts:
-    """A `DecodeRun` being put together, a stretch of decoding or an admission step at a time.
-    Rows are the requests that decode, in batch order, each from its first step; a row's
-    context is the one after its first decode step."""
+    """A `DecodeRun` (`out`) being put together, a stretch of decoding or an admission step at a
+    time. Rows are the requests that decode, in batch order, each from its first step; a row's
+    context is the one after its first decode step. `record()` writes them and the finishes."""
 
+    out: DecodeRun
     rows: list[Request]
     contexts: list[int]
     firsts: list[int] = field(init=False)
-    t_ends: list[float] = field(default_factory=list)
-    kv_used: list[int] = field(default_factory=list)
-    kv_cached: list[int] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     finish_step: dict[str, int] = field(default_factory=dict)  # req_id -> step it finished in, from 1
-    prefills: list[Slot] = field(default_factory=list)
-    prefill_at: list[int] = field(default_factory=list)
-    prefill_hits: list[int] = field(default_factory=list)
-    prefill_samples: list[bool] = field(default_factory=list)
-    prefill_admitted: list[bool] = field(default_factory=list)
-    waiting: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.firsts = [0] * len(self.rows)
 
+    @classmethod
+    def start(cls, decoding: list[Request], blocks: BlockManager) -> _RunParts:
+        out = DecodeRun(
+            step=0,
+            t_start=0.0,
+            t_ends=[],
+            req_ids=[],
+            context_lens=[],
+            steps=[],
+            kv_used=[],
+            kv_cached=[],
+            block_size=blocks.block_size,
+            num_blocks=blocks.num_blocks,
+        )
+        return cls(out, decoding, [r.num_computed_tokens + 1 for r in decoding])
+
     def add_step(self, t_end: float, used: int, cached: int) -> None:
-        self.t_ends.append(t_end)
-        self.kv_used.append(used)
-        self.kv_cached.append(cached)
+        self.out.t_ends.append(t_end)
+        self.out.kv_used.append(used)
+        self.out.kv_cached.append(cached)
+
+    def add_prefill(self, slot: Slot, step: int, hits: int, samples: bool, admitted: bool) -> None:
+        out = self.out
+        out.prefills.append(slot)
+        out.prefill_at.append(step)
+        out.prefill_hits.append(hits)
+        out.prefill_samples.append(samples)
+        out.prefill_admitted.append(admitted)
 
     def add_finishes(self, reqs: list[Request], step: int) -> None:
         self.finished += reqs
         for req in reqs:
             self.finish_step[req.req_id] = step
 
-    def record(self, blocks: BlockManager) -> DecodeRun:
-        k = len(self.t_ends)
-        rows = []
+    def record(self) -> DecodeRun:
+        out, k = self.out, self.out.num_steps
         for req, first, context in zip(self.rows, self.firsts, self.contexts, strict=True):
             n = self.finish_step.get(req.req_id, k) - first
             if n > 0:  # not admitted in the last step
-                rows.append((req.req_id, first, context, n))
-        return DecodeRun(
-            step=0,
-            t_start=0.0,
-            t_ends=self.t_ends,
-            req_ids=[r[0] for r in rows],
-            context_lens=[r[2] for r in rows],
-            steps=[r[3] for r in rows],
-            kv_used=self.kv_used,
-            kv_cached=self.kv_cached,
-            block_size=blocks.block_size,
-            num_blocks=blocks.num_blocks,
-            finished=[r.req_id for r in self.finished],
-            first_steps=[r[1] for r in rows] if self.prefills else [],
-            prefills=self.prefills,
-            prefill_at=self.prefill_at,
-            prefill_hits=self.prefill_hits,
-            prefill_samples=self.prefill_samples,
-            prefill_admitted=self.prefill_admitted,
-            waiting=self.waiting,
-        )
+                out.req_ids.append(req.req_id)
+                out.context_lens.append(context)
+                out.steps.append(n)
+                out.first_steps.append(first)
+        if not out.prefills:
+            out.first_steps = []  # every row from the first step
+        out.finished = [r.req_id for r in self.finished]
+        return out
 
 
 def window_ids(offset: int, length: int) -> range:
