@@ -215,6 +215,8 @@ def test_bigger_gpu_predicts_faster_decode():
         (dict(model="llama-3.1-8b", gpu="H100-SXM", tp=3), "tp=3"),
         (dict(model="llama-3.1-70b", gpu="H100-SXM", max_model_len=8192), "short by"),
         (dict(model="llama-3.1-8b", gpu="H100-SXM", num_gpus=4, tp=2), "num_gpus=4"),
+        (dict(model="llama-3.1-8b", gpu="H100-SXM", num_gpus=0), "num_gpus=0 must be a positive integer"),
+        (dict(model="llama-3.1-70b", gpu="H100-SXM", num_gpus=3, pp=2), "num_gpus=3 is not a multiple of pp=2"),
         (dict(step_time=0.1, num_blocks=8), "step_time"),
         (dict(step_time=lambda s: 0.1, num_blocks=0), "num_blocks=0"),
     ],

@@ -21,6 +21,7 @@ from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig, phase_of
 from llmlab.engines.base import Engine, EngineStep
 from llmlab.plan.cost import step_load
+from llmlab.plan.memory import parallel_sizes
 
 if TYPE_CHECKING:
     from llmlab.run import Run
@@ -126,7 +127,7 @@ class SimEngine(Engine):
             raise ValueError(f"step_time={step_time!r}: give a callable slots -> seconds, or None for the cost model")
         if efficiency is not None and calibration is not None:
             raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
-        tp, pp = _parallelism(num_gpus, tp, pp)
+        tp, pp = parallel_sizes(num_gpus, tp, pp)
         self._tokenizer = tokenizer
         self.clock = 0.0
         self.requests: dict[str, Request] = {}
@@ -642,19 +643,6 @@ def window_ids(offset: int, length: int) -> range:
     """`length` consecutive ids from `offset`: a stand-in for a corpus window that shares a prefix
     with another exactly when the real windows do (same offset), with no per-token objects."""
     return range(offset, offset + length)
-
-
-def _parallelism(num_gpus: int | None, tp: int | None, pp: int) -> tuple[int, int]:
-    """Tensor and pipeline sizes from the knobs: tp defaults to num_gpus / pp."""
-    if not isinstance(pp, int) or pp < 1:
-        raise ValueError(f"pp={pp!r}: pipeline parallel size must be an int >= 1")
-    if tp is None:
-        tp = 1 if num_gpus is None else num_gpus // pp
-    if not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"tp={tp!r}: tensor parallel size must be an int >= 1")
-    if num_gpus is not None and tp * pp != num_gpus:
-        raise ValueError(f"num_gpus={num_gpus} but tp={tp} x pp={pp} = {tp * pp}: make tp * pp equal num_gpus")
-    return tp, pp
 
 
 def _describe(fn: Any) -> str:

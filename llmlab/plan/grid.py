@@ -17,7 +17,7 @@ import pandas as pd
 
 from llmlab.models.shapes import get_shape
 from llmlab.plan.hardware import GB, get_hardware
-from llmlab.plan.memory import make_shard, memory_plan
+from llmlab.plan.memory import make_shard, memory_plan, parallel_sizes
 
 if TYPE_CHECKING:
     from llmlab.run import Run
@@ -178,12 +178,8 @@ def plan(
     context = int(np.ceil(lengths.mean()))
     configs = []
     for hw, w, p, n in itertools.product(hws, _as_list(weights), _as_list(pp), _as_list(num_gpus)):
-        for t in _as_list(tp) if tp is not None else [None]:
-            p = p or 1
-            if t is None:
-                t = 1 if n is None else n // p
-            if n is not None and t * p != n:
-                raise ValueError(f"num_gpus={n} but tp={t} x pp={p} = {t * p}: make tp * pp equal num_gpus")
+        for t in _as_list(tp):
+            t, p = parallel_sizes(n, t, p)
             make_shard(shape, t, p)  # raises with the valid tp values
             for kv in _as_list(kv_dtype) if kv_dtype is not None else [KV_FOR_WEIGHTS.get(w, "bf16")]:
                 configs.append((hw, w, kv, t, p))

@@ -85,6 +85,22 @@ class Shard:
         return sum(i * o * c for i, o, c in self.linear_matrices(experts))
 
 
+def parallel_sizes(num_gpus: int | None, tp: int | None, pp: int | None) -> tuple[int, int]:
+    """(tp, pp) from the knobs a user sets: pp defaults to 1, tp to num_gpus / pp (or 1 without
+    num_gpus); raises ValueError naming the knob that is wrong and a value that works."""
+    pp = 1 if pp is None else pp
+    for label, value in (("num_gpus", num_gpus), ("tp", tp), ("pp", pp)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{label}={value!r} must be a positive integer")
+    if tp is None:
+        if num_gpus is not None and num_gpus % pp:
+            raise ValueError(f"num_gpus={num_gpus} is not a multiple of pp={pp}: choose num_gpus = tp x pp")
+        tp = 1 if num_gpus is None else num_gpus // pp
+    if num_gpus is not None and tp * pp != num_gpus:
+        raise ValueError(f"num_gpus={num_gpus} but tp={tp} x pp={pp} = {tp * pp}: make tp * pp equal num_gpus")
+    return tp, pp
+
+
 def make_shard(shape: ModelShape, tp: int = 1, pp: int = 1, ep: int = 1) -> Shard:
     """Split `shape` over tp x pp (x ep) GPUs, or raise ValueError saying which degrees would work."""
     for label, value in (("tp", tp), ("pp", pp), ("ep", ep)):
