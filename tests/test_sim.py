@@ -146,6 +146,31 @@ def test_calibrate_recovers_a_known_cost_model_and_keeps_the_run_time():
             assert np.abs(fitted / measured - 1).max() < 0.03
 
 
+def test_calibrate_and_validate_refuse_what_is_not_a_finished_run():
+    import time
+
+    from llmlab.plan import calibrate, validate
+
+    def slow_step(slots):  # real time passes while the live run steps
+        time.sleep(0.02)
+        return 0.01
+
+    sim = llmlab.launch("sim", model="smollm2-135m", gpu="A10G", step_time=slow_step, num_blocks=256)
+    with pytest.raises(ValueError, match="calibrate needs a Run.*got None"):
+        calibrate(None)
+    with pytest.raises(ValueError, match="validate needs a Run.*got 'run.json'"):
+        validate("run.json")
+    live = sim.run(workloads.synthetic(8, prompt_len=(16, 64), output_len=(8, 16)), live=True)
+    with pytest.raises(ValueError, match="still running.*run.wait"):
+        calibrate(live)
+    live.wait()
+    with pytest.raises(ValueError, match="model='fast'.*Calibration"):
+        validate(live, "fast", show=False)
+    with pytest.raises(ValueError, match="given step_time.*gpu='A10G'"):
+        calibrate(live)  # its step times came from no hardware
+    assert live.status == "finished" and calibrate(live, gpu="A10G").num_steps > 0  # the refusals left it usable
+
+
 def test_virtual_clock_places_arrivals_between_steps():
     # request 1 arrives during the third step (0.2..0.3 s): it joins at the fourth, at 0.3 s;
     # request 2 arrives long after the others finished: the clock jumps to its arrival

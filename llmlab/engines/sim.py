@@ -228,7 +228,7 @@ class SimEngine(Engine):
                 "weights": weights,
                 "tensor_parallel_size": tp,
                 "pipeline_parallel_size": pp,
-                "gpu": gpu_name,
+                "gpu": getattr(hw, "name", None),  # None: no hardware, the step times were given
                 "num_gpus": tp * pp,
                 "step_time": "cost model" if self.cost_model is not None else _describe(step_time),
                 "efficiency": _efficiency_dict(getattr(self.cost_model, "efficiency", None)),

@@ -64,6 +64,16 @@ class Calibration:
         )
 
 
+def check_run(run: Any, what: str) -> None:
+    """Raise ValueError unless `run` is a Run that has stopped stepping (what `what` reads)."""
+    from llmlab.run import Run
+
+    if not isinstance(run, Run):
+        raise ValueError(f"{what} needs a Run, what engine.run(workload) returns; got {run!r}")
+    if run.status in ("pending", "running"):
+        raise ValueError(f"{what}: the run is still {run.status}; call run.wait() first")
+
+
 def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Efficiency | None = None) -> CostModel:
     """The cost model of the hardware, model, dtypes and parallelism a run used (from its EngineInfo)."""
     from llmlab.plan.hardware import get_hardware
@@ -73,7 +83,12 @@ def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Eff
     device = str(info.device)
     if gpu is None:
         if info.engine == "sim":
-            gpu = cfg.get("gpu") or "cpu"
+            gpu = cfg.get("gpu")
+            if gpu is None:
+                raise ValueError(
+                    "the simulated run took its step times from a given step_time, on no GPU: say which "
+                    "hardware to fit, e.g. calibrate(run, gpu='A10G') (see llmlab.plan.hardware.HARDWARE)"
+                )
         elif device.startswith("cuda"):
             raise ValueError(
                 f"the run used {device}: say which GPU it is, e.g. calibrate(run, gpu='H100-SXM') "
@@ -159,6 +174,7 @@ def calibrate(
     the shape (default: the run's model). The first `skip_first` steps (warm-up) are left out.
     Returns a `Calibration`; pass it to `llmlab.launch("sim", calibration=...)` or `validate`.
     """
+    check_run(run, "calibrate")
     records = [r for r in run.trace.step_records if r.batch][skip_first:]
     if len(records) < 5:
         raise ValueError(
@@ -279,6 +295,12 @@ def validate(
     model). `workload`: what the run served (default: rebuilt from the trace, open loop at the
     recorded arrivals). Returns the table (metric x measured, predicted, error).
     """
+    check_run(run, "validate")
+    if model is not None and not isinstance(model, Calibration | CostModel | Efficiency):
+        raise ValueError(
+            f"validate(run, model={model!r}): give a Calibration (from calibrate), a CostModel, an Efficiency, "
+            "or None for the uncalibrated cost model"
+        )
     table = compare(run, simulate_like(run, model, workload, gpu))
     if show:
         print(format_table(table))

@@ -87,7 +87,7 @@ class Shard:
 
 def parallel_sizes(num_gpus: int | None, tp: int | None, pp: int | None) -> tuple[int, int]:
     """(tp, pp) from the knobs a user sets: pp defaults to 1, tp to num_gpus / pp (or 1 without
-    num_gpus); raises ValueError naming the knob that is wrong and a value that works."""
+    num_gpus); raises ValueError naming the knob that is wrong and what it must be."""
     pp = 1 if pp is None else pp
     for label, value in (("num_gpus", num_gpus), ("tp", tp), ("pp", pp)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
