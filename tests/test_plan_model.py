@@ -125,6 +125,12 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         get_shape("no-such-model")
     with pytest.raises(ValueError, match="lacks 'hidden_size'"):
         get_shape({"num_hidden_layers": 2})
+    (tmp_path / "config.json").write_text('{"hidden_size": 64,')  # cut short
+    with pytest.raises(ValueError, match=r"config.json is not a valid config.json \(.*line 1.*as a dict"):
+        get_shape(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list"):
+        get_shape(tmp_path / "config.json")
 
 
 # ---- hardware -------------------------------------------------------------------------------
@@ -149,6 +155,8 @@ def test_register_hardware():
             register_hardware(mine)
         with pytest.raises(ValueError, match="bandwidth"):
             register_hardware(Hardware("bad", 1.0, 0.0, {"bf16": 1.0}), replace_existing=True)
+        with pytest.raises(ValueError, match="takes a Hardware.*got dict"):
+            register_hardware({"name": "test-accel-2", "memory_bytes": 16 * GB})
     finally:
         HARDWARE.pop("test-accel", None)
 

@@ -181,7 +181,7 @@ def get_shape(model: str | os.PathLike | dict[str, Any] | ModelShape | Any) -> M
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
-        config = json.loads(path.read_text())
+        config = _read_config(path)
         default = path.parent.name
         return shape_from_config(config, name=config.get("_name_or_path") or default)
     if isinstance(model, str) and "/" in model and not os.path.isabs(model):
@@ -207,7 +207,20 @@ def _from_hub(repo_id: str) -> ModelShape:
             path = hf_hub_download(repo_id, "config.json")
         except Exception as exc:  # noqa: BLE001 - missing repo, gated model, network: one clear message
             raise ValueError(f"unknown model {repo_id!r} (hub: {type(exc).__name__}): {_choices()}") from None
-    return shape_from_config(json.loads(Path(path).read_text()), name=repo_id)
+    return shape_from_config(_read_config(Path(path)), name=repo_id)
+
+
+def _read_config(path: Path) -> dict:
+    """A config.json's contents, or ValueError naming the file and what is wrong with it."""
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"{path} is not a valid config.json ({exc}): fix the file, or pass the config as a dict"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an object: pass a model's config.json")
+    return config
 
 
 def _hub_unreachable() -> str:

@@ -106,6 +106,11 @@ def register_hardware(hw: Hardware, replace_existing: bool = False) -> Hardware:
 
     An existing name raises ValueError unless `replace_existing=True`.
     """
+    if not isinstance(hw, Hardware):
+        raise ValueError(
+            f"register_hardware takes a Hardware(name, memory_bytes, bandwidth, flops), got {type(hw).__name__}: "
+            "e.g. register_hardware(Hardware('my-gpu', 48e9, 900e9, {'bf16': 180e12}))"
+        )
     if hw.name in HARDWARE and not replace_existing:
         raise ValueError(f"hardware {hw.name!r} is already in the catalogue: pass replace_existing=True to redefine it")
     if hw.memory_bytes <= 0 or hw.bandwidth <= 0 or not any(v > 0 for v in hw.flops.values()):
