@@ -243,6 +243,7 @@ def test_bigger_gpu_predicts_faster_decode():
         (dict(model="llama-3.1-8b", gpu="H100-SXM", num_gpus=0), "num_gpus=0 must be a positive integer"),
         (dict(model="llama-3.1-70b", gpu="H100-SXM", num_gpus=3, pp=2), "num_gpus=3 is not a multiple of pp=2"),
         (dict(step_time=0.1, num_blocks=8), "step_time"),
+        (dict(model="llama-3.1-8b", gpu="H100-SXM", efficiency={"compute": 0.5}), "got dict: e.g. efficiency=llmlab"),
         (dict(step_time=lambda s: 0.1, num_blocks=0), "num_blocks=0"),
     ],
 )

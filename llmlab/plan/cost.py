@@ -341,7 +341,10 @@ class CostModel:
     @efficiency.setter
     def efficiency(self, value: Efficiency) -> None:
         if not isinstance(value, Efficiency):
-            raise ValueError(f"efficiency must be an Efficiency, got {type(value).__name__}")
+            raise ValueError(
+                f"efficiency must be an Efficiency, got {type(value).__name__}: e.g. "
+                "efficiency=llmlab.plan.Efficiency(compute=0.5), or calibration=llmlab.plan.calibrate(run)"
+            )
         self._efficiency = value
         self._coeffs = [self._coefficients(st, value) for st in self.stages]
         self._decode_parts: dict[int, tuple[float, float]] = {}  # decode_ends' cache, by batch size
