@@ -146,6 +146,22 @@ def test_calibrate_recovers_a_known_cost_model_and_keeps_the_run_time():
             assert np.abs(fitted / measured - 1).max() < 0.03
 
 
+def test_calibrate_says_when_the_roofline_explains_nothing():
+    """Steps that cost a fixed time plus a time per token, whatever the model computes: the fit
+    finds both terms and says the roofline was left unused, not that efficiency is 1e12."""
+    from llmlab.plan import calibrate
+
+    def host_bound(slots):
+        return 0.05 + 2e-4 * sum(s.num_tokens for s in slots)
+
+    sim = llmlab.launch("sim", model="smollm2-135m", gpu="A10G", step_time=host_bound, num_blocks=512)
+    run = sim.run(workloads.poisson(20.0, 30, prompt_len=(16, 300), output_len=(4, 30), seed=2))
+    cal = calibrate(run, gpu="A10G")
+    assert cal.efficiency.overhead_s == pytest.approx(0.05, rel=1e-3)
+    assert cal.efficiency.per_token_s == pytest.approx(2e-4, rel=1e-3)
+    assert "roofline unused" in repr(cal) and "compute=" not in repr(cal)
+
+
 def test_calibrate_and_validate_refuse_what_is_not_a_finished_run():
     import time
 

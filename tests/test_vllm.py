@@ -57,6 +57,20 @@ def test_greedy_text_equals_the_native_engine(greedy_run):
     assert all(len(t) == 16 for t in got.values())
 
 
+def test_calibrate_and_validate_a_vllm_run(greedy_run):
+    """The simulator batches a vLLM run as vLLM's scheduler did, and predicts it once calibrated."""
+    from llmlab.plan import calibrate, validate
+    from llmlab.plan.calibrate import simulate_like
+
+    cal = calibrate(greedy_run)
+    print(cal)
+    predicted = simulate_like(greedy_run, cal)
+    assert predicted.info.config["policy"] == "chunked"
+    assert [len(r.batch) for r in predicted.trace.step_records] == [len(r.batch) for r in greedy_run.trace.step_records]
+    table = validate(greedy_run, cal)
+    assert table[["measured", "predicted"]].gt(0).all().all()
+
+
 def test_every_step_is_read_from_the_scheduler(greedy_run, engine):
     steps = greedy_run.steps
     assert (steps.source == "exact").all()

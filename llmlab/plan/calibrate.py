@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 COMPUTE_GROUPS = ("qkv_o", "mlp", "attention", "lm_head")
 HUGE = 1e12  # an efficiency this large makes one side of every roofline vanish
+UNUSED = 1e3  # efficiencies above this (1,000x the hardware's peak) leave the roofline nothing to explain
 METRICS = {
     "throughput (output tok/s)": "output_tok_s",
     "TTFT p50 (s)": "ttft_p50",
@@ -56,9 +57,13 @@ class Calibration:
 
     def __repr__(self) -> str:
         e = self.efficiency
+        if min(e.compute, e.memory) >= UNUSED:  # the fit gave the roofline no (or no real) weight
+            roofline = "roofline unused (the per-step, per-token and per-request terms explain the steps)"
+        else:
+            roofline = f"compute={e.compute:.3g}, memory={e.memory:.3g}"
         return (
-            f"<Calibration on {self.num_steps} steps of {self.source}: compute={e.compute:.3g}, "
-            f"memory={e.memory:.3g}, overhead={e.overhead_s * 1e3:.3g} ms/step, "
+            f"<Calibration on {self.num_steps} steps of {self.source}: {roofline}, "
+            f"overhead={e.overhead_s * 1e3:.3g} ms/step, "
             f"per_token={e.per_token_s * 1e6:.3g} us, "
             f"per_seq={e.per_seq_s * 1e6:.3g} us; median step error {self.median_step_error:.1%}>"
         )
@@ -253,6 +258,9 @@ SIM_KNOBS = (
     "enable_prefix_caching",
     "watermark",
 )
+# the sim policy that batches as an engine's own scheduler does: vLLM's serves the running
+# requests (decodes, prompt chunks) first, then admits waiting ones into the token budget left
+SIM_POLICY = {"vllm": "chunked"}
 
 
 def simulate_like(run: Run, model: Any = None, workload: Workload | None = None, gpu: Any = None) -> Run:
@@ -261,6 +269,8 @@ def simulate_like(run: Run, model: Any = None, workload: Workload | None = None,
 
     cfg = run.info.config
     knobs = {k: cfg[k] for k in SIM_KNOBS if cfg.get(k) is not None}
+    if knobs.get("policy") in SIM_POLICY:
+        knobs["policy"] = SIM_POLICY[knobs["policy"]]
     if isinstance(model, Calibration):
         model = model.cost_model
     if not isinstance(model, CostModel):
