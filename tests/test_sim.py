@@ -144,6 +144,7 @@ def test_calibrate_recovers_a_known_cost_model_and_keeps_the_run_time():
         if scale == 0.0:
             assert cal.median_step_error < 0.01
             assert np.abs(fitted / measured - 1).max() < 0.03
+            assert "compute=" in repr(cal) and "memory=" in repr(cal) and "unused" not in repr(cal)
 
 
 def test_calibrate_says_when_the_roofline_explains_nothing():

@@ -60,7 +60,10 @@ class Calibration:
         if min(e.compute, e.memory) >= UNUSED:  # the fit gave the roofline no (or no real) weight
             roofline = "roofline unused (the per-step, per-token and per-request terms explain the steps)"
         else:
-            roofline = f"compute={e.compute:.3g}, memory={e.memory:.3g}"
+            roofline = ", ".join(
+                f"{side}={value:.3g}" if value < UNUSED else f"{side} unused"
+                for side, value in (("compute", e.compute), ("memory", e.memory))
+            )
         return (
             f"<Calibration on {self.num_steps} steps of {self.source}: {roofline}, "
             f"overhead={e.overhead_s * 1e3:.3g} ms/step, "
