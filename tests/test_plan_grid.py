@@ -124,6 +124,8 @@ def test_plan_is_callable_and_a_package():
         (dict(num_gpus=0), "num_gpus=0 must be a positive integer"),
         (dict(num_gpus=3, pp=2), "num_gpus=3 is not a multiple of pp=2"),
         (dict(pp=0), "pp=0 must be a positive integer"),
+        (dict(weights=[]), r"weights=\[\] lists nothing"),
+        (dict(gpu=()), r"gpu=\(\) lists nothing"),
         (dict(workload=workloads.synthetic(2, prompt_len=9000, output_len=10)), "max_model_len"),
         (dict(workload="no-such-preset"), "no-such-preset"),
     ],

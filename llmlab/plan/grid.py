@@ -160,6 +160,10 @@ def plan(
     price) adds the cost per million output tokens.
     Bad names, a tp that does not split the model, or a workload longer than the context raise ValueError.
     """
+    knobs = {"gpu": gpu, "num_gpus": num_gpus, "weights": weights, "kv_dtype": kv_dtype, "tp": tp, "pp": pp}
+    for label, value in knobs.items():
+        if not _as_list(value):
+            raise ValueError(f"{label}={value!r} lists nothing to compare: give at least one value (or leave it out)")
     shape = get_shape(model)
     hws = [get_hardware(g) for g in _as_list(gpu)]
     ctx = shape.max_position_embeddings
