@@ -85,13 +85,18 @@ class Shard:
         return sum(i * o * c for i, o, c in self.linear_matrices(experts))
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first parallel size that is not a positive int."""
+    for label, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{label}={value!r} must be a positive integer")
+
+
 def parallel_sizes(num_gpus: int | None, tp: int | None, pp: int | None) -> tuple[int, int]:
     """(tp, pp) from the knobs a user sets: pp defaults to 1, tp to num_gpus / pp (or 1 without
     num_gpus); raises ValueError naming the knob that is wrong and what it must be."""
     pp = 1 if pp is None else pp
-    for label, value in (("num_gpus", num_gpus), ("tp", tp), ("pp", pp)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{label}={value!r} must be a positive integer")
+    _check_sizes(**{k: v for k, v in {"num_gpus": num_gpus, "tp": tp, "pp": pp}.items() if v is not None})
     if tp is None:
         if num_gpus is not None and num_gpus % pp:
             raise ValueError(f"num_gpus={num_gpus} is not a multiple of pp={pp}: choose num_gpus = tp x pp")
@@ -103,9 +108,7 @@ def parallel_sizes(num_gpus: int | None, tp: int | None, pp: int | None) -> tupl
 
 def make_shard(shape: ModelShape, tp: int = 1, pp: int = 1, ep: int = 1) -> Shard:
     """Split `shape` over tp x pp (x ep) GPUs, or raise ValueError saying which degrees would work."""
-    for label, value in (("tp", tp), ("pp", pp), ("ep", ep)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{label}={value!r} must be a positive integer")
+    _check_sizes(tp=tp, pp=pp, ep=ep)
     if shape.num_heads % tp:
         raise ValueError(
             f"tp={tp} does not divide the {shape.num_heads} attention heads of {shape.name}: "
