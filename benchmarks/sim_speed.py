@@ -9,6 +9,7 @@ caching on against off (its per-block bookkeeping is the simulator's largest fix
     python benchmarks/sim_speed.py --n 1000 --compare-n 500   # a quicker look
     python benchmarks/sim_speed.py --no-prefix-caching --compare-n 0
     python benchmarks/sim_speed.py --compare-n 0 --repeat 5   # the target, run 5 times: best and median
+    python benchmarks/sim_speed.py --compare-n 0 --repeat 3 --pool-floor   # and the pool's own share
 
 Wall time on a shared machine swings by a third between identical runs; `--repeat` shows how
 much within one sitting (the phases printed are the best run's). Instruction counts do not
@@ -17,6 +18,10 @@ swing: `--callgrind` counts only the main run's instructions under valgrind (the
 
     PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no \
         python benchmarks/sim_speed.py --n 1000 --compare-n 0 --callgrind
+
+`--pool-floor` records the run's calls on its KV pool (blocks taken, prefixes registered, blocks
+given back) and replays them alone on a fresh pool: the pool's own per-block work, which no
+change to the simulator around it can remove (only a different pool could).
 
 Much of the simulator's time here is memory stalls on scattered objects, which instruction
 counts miss; add `--cache-sim=yes` to count simulated L1 and last-level misses too, and weigh
@@ -33,11 +38,14 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import llmlab
+from llmlab.core.blocks import BlockManager
 
 TARGET_S = 3.0
 TARGET_N = 10_000
+KNOBS = dict(max_model_len=16384, max_num_seqs=256, max_num_batched_tokens=2048)  # every run here
 
 
 def simulate(n: int, model: str, gpu: str, callgrind: bool = False, **knobs) -> tuple[llmlab.Run, float, float, float]:
@@ -48,9 +56,7 @@ def simulate(n: int, model: str, gpu: str, callgrind: bool = False, **knobs) -> 
     t0 = time.perf_counter()
     wl = llmlab.workloads.from_trace("azure_conv", n=n)
     t1 = time.perf_counter()
-    eng = llmlab.launch(
-        "sim", model=model, gpu=gpu, max_model_len=16384, max_num_seqs=256, max_num_batched_tokens=2048, **knobs
-    )
+    eng = llmlab.launch("sim", model=model, gpu=gpu, **KNOBS, **knobs)
     t2 = time.perf_counter()
     if callgrind:
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
@@ -63,6 +69,72 @@ def simulate(n: int, model: str, gpu: str, callgrind: bool = False, **knobs) -> 
     return run, t1 - t0, t2 - t1, t3 - t2
 
 
+def record_pool_calls(blocks: BlockManager) -> list[tuple]:
+    """Record every call the run makes on `blocks` that takes or gives back blocks or registers
+    prefixes, with its arguments, by wrapping those methods on this one pool."""
+    calls: list[tuple] = []
+    pop_free, register, free, take = blocks.pop_free, blocks._register, blocks.free, blocks._take
+
+    def rec_pop(n, evicted=None):
+        calls.append(("pop", n, evicted is not None))
+        return pop_free(n, evicted)
+
+    def rec_register(block_ids, hashes):
+        calls.append(("register", list(block_ids), list(hashes)))
+        return register(block_ids, hashes)
+
+    def rec_free(req):
+        calls.append(("free", list(req.block_ids)))
+        return free(req)
+
+    def rec_take(block_id):
+        calls.append(("take", block_id))
+        return take(block_id)
+
+    blocks.pop_free, blocks._register, blocks.free, blocks._take = rec_pop, rec_register, rec_free, rec_take
+    return calls
+
+
+def replay_pool_calls(calls: list[tuple], num_blocks: int, block_size: int) -> dict[str, float]:
+    """Seconds a fresh pool spends in each kind of recorded call: the pool's own work, with none
+    of the simulator around it."""
+    blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=True)
+    holder = SimpleNamespace(req_id="replay", block_ids=[])
+    spent = dict.fromkeys(("pop", "register", "free"), 0.0)
+    clock = time.perf_counter
+    for call in calls:
+        kind, t = call[0], clock()
+        if kind == "pop":
+            blocks.pop_free(call[1], [] if call[2] else None)
+        elif kind == "register":
+            blocks._register(call[1], call[2])
+        elif kind == "free":
+            holder.block_ids = call[1]
+            blocks.free(holder)
+        else:
+            blocks._take(call[1])
+            continue
+        spent[kind] += clock() - t
+    return spent
+
+
+def pool_floor(n: int, model: str, gpu: str, repeat: int) -> None:
+    """Print how long the pool's calls take replayed alone, against a whole run."""
+    wl = llmlab.workloads.from_trace("azure_conv", n=n)
+    eng = llmlab.launch("sim", model=model, gpu=gpu, **KNOBS)  # prefix caching on, as the target's run
+    calls = record_pool_calls(eng.blocks)
+    eng.run(wl)
+    num_blocks, block_size = eng.blocks.num_blocks, eng.blocks.block_size
+    del eng, wl
+    taken = sum(c[1] for c in calls if c[0] == "pop")
+    print(f"\nthe pool alone: {len(calls):,} calls of the run replayed on a fresh pool ({taken:,} blocks taken)")
+    for _ in range(max(1, repeat)):
+        gc.collect()
+        spent = replay_pool_calls(calls, num_blocks, block_size)
+        parts = ", ".join(f"{kind} {s:.2f} s" for kind, s in spent.items())
+        print(f"  {sum(spent.values()):.2f} s ({parts}), {sum(spent.values()) / taken * 1e9:.0f} ns a block taken")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=TARGET_N)
@@ -73,6 +145,9 @@ def main() -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="the main run without prefix caching")
     p.add_argument("--callgrind", action="store_true", help="under valgrind: count the main run's instructions only")
     p.add_argument("--repeat", type=int, default=1, help="main runs, each on a fresh engine: best, median and each")
+    p.add_argument(
+        "--pool-floor", action="store_true", help="then replay the run's pool calls alone, as often as --repeat"
+    )
     args = p.parse_args()
 
     caching = not args.no_prefix_caching
@@ -113,6 +188,8 @@ def main() -> None:
             f"worst {max(totals):.2f} s; {within} of {len(totals)} at or under the target's pace "
             f"(in order: {', '.join(f'{t:.2f}' for t in totals)})"
         )
+    if args.pool_floor:
+        pool_floor(args.n, args.model, args.gpu, args.repeat)
     if args.compare_n <= 0:
         return
 
