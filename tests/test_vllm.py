@@ -63,7 +63,6 @@ def test_calibrate_and_validate_a_vllm_run(greedy_run):
     from llmlab.plan.calibrate import simulate_like
 
     cal = calibrate(greedy_run)
-    print(cal)
     predicted = simulate_like(greedy_run, cal)
     assert predicted.info.config["policy"] == "chunked"
     assert [len(r.batch) for r in predicted.trace.step_records] == [len(r.batch) for r in greedy_run.trace.step_records]
