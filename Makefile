@@ -61,7 +61,7 @@ lab: model
 
 test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
 	$(BIN)/ruff check llmlab tests benchmarks notebooks
-	$(BIN)/python -m pytest tests --nbmake notebooks
+	$(BIN)/python -m pytest tests --nbmake notebooks --durations=25
 
 test-browser: $(VENV)/.installed-dev model
 	$(BIN)/python -m pytest -m browser tests/test_browser.py

@@ -24,6 +24,10 @@ def info() -> None:
             print(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.1f} GiB")
     else:
         print("cuda: none found")
+    from llmlab.engines.native.cpu_dtype import choose
+
+    choice = choose()
+    print(f"native engine on cpu: {choice.dtype} by default ({choice.reason})")
     print("engines: native (built in)")
     for name, module in OPTIONAL_ENGINES.items():
         found = importlib.util.find_spec(module) is not None

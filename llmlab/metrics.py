@@ -1,7 +1,8 @@
 """Serving metrics from a trace: throughput and TTFT / ITL / TPOT / E2E percentiles.
 
-Latency statistics and throughput count finished requests only (as serving benchmarks do);
-`requests` counts every request in the trace.
+Latency statistics and throughput count finished requests only (as serving benchmarks do): a
+request that failed alone (finish_reason "error") or was aborted is left out and counted in
+`failed`; `requests` counts every request in the trace.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ def _ratio(num: float, den: float) -> float:
 def summary(trace: Trace) -> pd.Series:
     """One run's headline numbers as a Series (seconds, tokens per second), for side-by-side."""
     reqs, steps, itl = trace.requests, trace.steps, trace.itl
-    done = reqs[reqs["finish"].notna()]
+    failed = reqs["finish_reason"] == "error"
+    done = reqs[reqs["finish"].notna() & ~failed]
     start = reqs["arrival"].min() if len(reqs) else float("nan")
     end = done["finish"].max() if len(done) else float("nan")
     duration = float(end - start)
     out: dict[str, float] = {
         "requests": len(reqs),
         "finished": len(done),
+        "failed": int(failed.sum()),
         "duration_s": duration,
         "input_tok_s": _ratio(done["prompt_tokens"].sum(), duration),
         "output_tok_s": _ratio(done["output_tokens"].sum(), duration),

@@ -11,7 +11,25 @@ import pandas as pd
 
 from llmlab import metrics
 from llmlab.core.records import Completion, StepRecord
-from llmlab.trace import Trace
+from llmlab.trace import RUN_STATUSES, Trace
+
+
+class SavedRunError(RuntimeError):
+    """The error of a run loaded from a file: its message is the saved text of the exception
+    that ended the run, and `error_type` names that exception's class (e.g. "ValueError")."""
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def _error_text(error: BaseException) -> str:
+    """How an error is saved and shown: its message, or its class name when it has none."""
+    return str(error) or type(error).__name__
+
+
+def _error_type(error: BaseException) -> str:
+    return (error.error_type or "RuntimeError") if isinstance(error, SavedRunError) else type(error).__name__
 
 
 class Run:
@@ -91,13 +109,38 @@ class Run:
         return metrics.summary(self.trace)
 
     def save(self, path: str | Path) -> Path:
-        """Write the trace as JSON lines (.jsonl) or Parquet (.parquet); `llmlab.load` reads it back."""
-        self.trace.save(path)
-        return Path(path)
+        """Write the trace as JSON lines (.jsonl, .jsonl.gz) or Parquet (.parquet); `llmlab.load` reads it back.
+
+        The header keeps the run's status ("finished", "stopped" or "failed"; a run saved while
+        still going is a snapshot and is saved as "stopped"), its error's text and class name,
+        and its number of requests.
+        """
+        status = self.status if self.status in RUN_STATUSES else "stopped"
+        error = self.error
+        run = {
+            "status": status,
+            "error": None if error is None else _error_text(error),
+            "error_type": None if error is None else _error_type(error),
+            "total": self.total,
+        }
+        return self.trace._save(path, run=run)
 
     @classmethod
     def load(cls, path: str | Path) -> Run:
-        return cls(Trace.load(path))
+        """Read a run written by `save`, with its status, error and request count restored.
+
+        A failed run's `error` comes back as a `SavedRunError` (a RuntimeError) whose message is
+        the saved text and whose `error_type` names the original class. Files without a status
+        (older ones, and those written by `Trace.save`) load as "finished" with no error. A
+        malformed file raises `llmlab.trace.TraceFileError` (a ValueError) naming the file, the
+        line and the field.
+        """
+        trace, saved = Trace._load(path)
+        run = cls(trace, total=saved.get("total"))
+        run.status = saved.get("status", "finished")
+        text = saved.get("error")
+        run.error = None if text is None else SavedRunError(text, saved.get("error_type"))
+        return run
 
     def show(self, **kwargs):
         """The dashboard of this run (schedule, KV cache, latency): live while it runs, replayable after."""
@@ -117,7 +160,7 @@ class Run:
 
     def __repr__(self) -> str:
         info = self.trace.info
-        err = f", error={self.error!r}" if self.error else ""
+        err = f", error={_error_type(self.error)}: {_error_text(self.error)}" if self.error is not None else ""
         return (
             f"<Run {self.status}: {info.engine} {info.model} on {info.device}, "
             f"{self.num_finished}/{self.total} requests, {len(self.trace)} steps{err}>"

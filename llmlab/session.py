@@ -44,13 +44,17 @@ class Session:
             raise ValueError(
                 f"the {engine.name} engine is busy with a live run: call run.wait() or run.stop() on it first"
             )
+        # the engine knows its run in flight, so close() can stop it (and wait) before freeing memory
+        engine._run, engine.last_run = run, run
         run.status = "running"
         run._done.clear()
         if live:
             run._thread = threading.Thread(target=self._drive, name=f"llmlab-{engine.name}-run", daemon=True)
+            engine._driver = run._thread
             run._thread.start()
         else:
-            self._drive()
+            engine._driver = threading.current_thread()
+            self._drive()  # Ctrl-C: the run ends "stopped" (run.error the KeyboardInterrupt), then it re-raises
         return run
 
     def _drive(self) -> None:
@@ -81,8 +85,8 @@ class Session:
             as many as there are free users)."""
             while pending and len(in_flight) < limit and (closed or t0 + pending[0][0].arrival <= clock):
                 item, ids, params = pending.popleft()
+                in_flight.add(item.req_id)  # first: if adding is interrupted, the cleanup still aborts it
                 engine.add_request(item.req_id, ids, params)
-                in_flight.add(item.req_id)
                 # an open-loop request arrived at its own time, even if a step was running then
                 arrival = clock - t0 if closed else item.arrival
                 trace.add_request(RequestRecord(item.req_id, arrival=arrival, prompt_tokens=len(ids)))
@@ -133,7 +137,7 @@ class Session:
                 for req_id in rec.preempted:
                     records[req_id].num_preemptions += 1
                 for c in out.finished:
-                    self._finish(c, te, in_flight)
+                    self._finish(c, te, in_flight, out.errors.get(c.req_id))
                 trace.add_step(rec)
                 step += 1
                 run._publish(rec)
@@ -141,12 +145,33 @@ class Session:
         except Exception as exc:  # the run fails; the engine must stay usable
             run.error = exc
             run.status = "failed"
+        except KeyboardInterrupt as exc:  # Ctrl-C in a blocking run: it stops, and the user sees the interrupt
+            run.error = exc
+            run.status = "stopped"
+            raise
+        except BaseException as exc:  # SystemExit and the like: recorded, cleaned up, passed on
+            run.error = exc
+            run.status = "failed"
+            raise
         finally:
-            for req_id in in_flight - set(trace.outputs):
+            self._cleanup(in_flight)
+
+    def _cleanup(self, in_flight: set[str]) -> None:
+        """Abort the requests still in flight (their KV blocks go back to the pool), mark them
+        aborted in the trace, and hand the engine back, whatever happened."""
+        engine, run = self.engine, self.run
+        records = run.trace.request_records
+        try:
+            for req_id in in_flight - set(run.trace.outputs):
                 try:
                     engine.abort(req_id)
                 except Exception:
                     pass
+                r = records.get(req_id)
+                if r is not None and r.finish_reason is None:
+                    r.finish_reason = "abort"
+        finally:
+            engine._run = engine._driver = None
             engine._busy.release()
             run._done.set()
 
@@ -173,13 +198,15 @@ class Session:
             r.token_times.extend(ends if n == k else ends[first : first + n])
             r.output_tokens += n
         for c, n in zip(out.finished, rec.finish_steps(), strict=True):
-            self._finish(c, ends[n - 1], in_flight)
+            self._finish(c, ends[n - 1], in_flight, out.errors.get(c.req_id))
         self.run.trace.add_step(rec)
 
-    def _finish(self, c: Completion, te: float, in_flight: set[str]) -> None:
-        """Record a request that finished in a step that ended at `te`."""
+    def _finish(self, c: Completion, te: float, in_flight: set[str], error: str | None = None) -> None:
+        """Record a request that finished in a step that ended at `te` (with `error`: it failed alone)."""
         trace = self.run.trace
         r = trace.request_records[c.req_id]
         r.finish, r.finish_reason, r.cached_tokens = te, c.finish_reason, c.cached_tokens
+        if error is not None:
+            r.error = error
         trace.add_output(c)
         in_flight.discard(c.req_id)

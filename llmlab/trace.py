@@ -6,18 +6,21 @@ copy taken under a lock, so a half-written run still gives consistent frames.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import math
+import reprlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 
-from llmlab.core.records import Completion, DecodeRun, EngineInfo, RequestRecord, Slot, StepRecord
+from llmlab.core.records import Completion, DecodeRun, EngineInfo, KVSnapshot, RequestRecord, Slot, StepRecord
 
 FORMAT_VERSION = 1
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -31,9 +34,10 @@ STEP_COLUMNS = [
 ]  # fmt: skip
 REQUEST_COLUMNS = [
     "req_id", "arrival", "first_scheduled", "first_token", "finish", "prompt_tokens",
-    "output_tokens", "cached_tokens", "num_preemptions", "finish_reason", "ttft", "e2e",
+    "output_tokens", "cached_tokens", "num_preemptions", "finish_reason", "error", "ttft", "e2e",
     "tpot", "queue_time",
 ]  # fmt: skip
+_REQUEST_FIELDS = REQUEST_COLUMNS[:11]  # the columns read from the records; the rest are derived
 SLOT_COLUMNS = ["step", "req_id", "phase", "num_tokens", "context_len"]
 ITL_COLUMNS = ["req_id", "itl"]
 
@@ -132,11 +136,12 @@ class Trace:
 
     @property
     def requests(self) -> pd.DataFrame:
-        """One row per request: timestamps, token counts and the derived latencies (seconds)."""
-        fields = REQUEST_COLUMNS[:10]
+        """One row per request: timestamps, token counts, how it ended (finish_reason, and `error`:
+        why it failed alone, else None) and the derived latencies (seconds)."""
+        fields = _REQUEST_FIELDS
         recs = self._snapshot()[1]
         columns = {k: [getattr(r, k) for r in recs] for k in fields} if recs else {}
-        df = _frame(columns, fields, {"req_id": "str", "finish_reason": "str"})
+        df = _frame(columns, fields, {"req_id": "str", "finish_reason": "str", "error": "str"})
         df[list(_TIME_COLUMNS)] = df[list(_TIME_COLUMNS)].astype("float64")
         df["ttft"] = df["first_token"] - df["arrival"]
         df["e2e"] = df["finish"] - df["arrival"]
@@ -180,9 +185,15 @@ class Trace:
 
     def save(self, path: str | Path) -> Path:
         """Write the trace as JSON lines (.jsonl, .jsonl.gz) or Parquet (.parquet); no pickle."""
+        return self._save(path)
+
+    def _save(self, path: str | Path, run: dict[str, Any] | None = None) -> Path:
+        """`save`, with a run's status in the header when `run` is given (see `Run.save`)."""
         path = Path(path)
         suffix = _suffix(path)
         header = {"record": "info", "version": FORMAT_VERSION, "info": self.info.to_dict()}
+        if run is not None:
+            header["run"] = run
         records = list(self._records())
         if suffix == ".parquet":
             import pyarrow as pa
@@ -213,25 +224,36 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        """Read a trace written by `save`; a malformed file raises TraceFileError (a ValueError)."""
+        """Read a trace written by `save`; a malformed file raises TraceFileError (a ValueError).
+
+        Every field of every record is checked (types, finite numbers, counts >= 0): the error
+        names the file, the line (.jsonl) or row (.parquet, counted from 0) and the field.
+        """
+        return cls._load(path)[0]
+
+    @classmethod
+    def _load(cls, path: str | Path) -> tuple[Trace, dict[str, Any]]:
+        """The trace and the header's `run` section ({} when the file has none)."""
         path = Path(path)
         suffix = _suffix(path)
         if not path.is_file():
             raise TraceFileNotFound(f"{path}: no such file. {_FIX}.")
         if suffix == ".parquet":
             header, records = _read_parquet(path)
+            where, head = "row", "the info header (schema metadata)"
         else:
             header, records = _read_jsonl(path, gz=suffix == ".jsonl.gz")
-        where = "row" if suffix == ".parquet" else "line"
+            where, head = "line", "line 1: the info header"
         if header.get("version") != FORMAT_VERSION:
             raise TraceFileError(
                 f"{path}: trace format version {header.get('version')!r} is not "
                 f"{FORMAT_VERSION}; load it with the llmlab version that wrote it"
             )
         try:
-            info = EngineInfo.from_dict(header["info"])
-        except (KeyError, TypeError, AttributeError) as e:
-            raise TraceFileError(f"{path}: the info header has wrong fields ({e}); {_FIX}") from e
+            _HEADER(header, "")
+        except _Bad as e:
+            raise TraceFileError(f"{path}, {head} has wrong fields: {e}; {_FIX}") from None
+        info = EngineInfo.from_dict(header["info"])
         trace = cls(info)
         adders = {
             "step": (StepRecord, trace.add_step),
@@ -245,10 +267,13 @@ class Trace:
                 )
             rec_cls, add = adders[kind]
             try:
+                _RECORDS[kind](d, "")
                 add(rec_cls.from_dict(d))
+            except _Bad as e:
+                raise TraceFileError(f"{path}, {where} {lineno}: {kind} record has wrong fields: {e}; {_FIX}") from None
             except (TypeError, AttributeError, ValueError, KeyError) as e:
                 raise TraceFileError(f"{path}, {where} {lineno}: {kind} record has wrong fields ({e}); {_FIX}") from e
-        return trace
+        return trace, header.get("run") or {}
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -471,10 +496,7 @@ def _read_jsonl(path: Path, gz: bool) -> tuple[dict[str, Any], list[tuple[int, s
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TraceFileError(f"{path}, line {lineno}: not JSON ({e}); {_FIX}") from e
+                d = _json(line, f"{path}, line {lineno}")
                 if not isinstance(d, dict) or "record" not in d:
                     raise TraceFileError(f"{path}, line {lineno}: expected a JSON object with a 'record' key; {_FIX}")
                 kind = d.pop("record")
@@ -507,20 +529,260 @@ def _read_parquet(path: Path) -> tuple[dict[str, Any], list[tuple[int, str, Any]
         raise TraceFileError(f"{path}: missing the info header (schema metadata); {_FIX}")
     if table.column_names != ["record", "payload"]:
         raise TraceFileError(f"{path}: columns {table.column_names} are not ['record', 'payload']; {_FIX}")
-    try:
-        header = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError as e:
-        raise TraceFileError(f"{path}: the info header is not JSON ({e}); {_FIX}") from e
+    header = _json(meta[_META_KEY], f"{path}: the info header")
     if not isinstance(header, dict):
         raise TraceFileError(f"{path}: the info header is not a JSON object; {_FIX}")
     records = []
     kinds, payloads = table.column("record").to_pylist(), table.column("payload").to_pylist()
     for row, (kind, text) in enumerate(zip(kinds, payloads, strict=True)):
-        try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise TraceFileError(f"{path}, row {row}: payload is not JSON ({e}); {_FIX}") from e
+        if not isinstance(text, str):
+            raise TraceFileError(f"{path}, row {row}: payload is not JSON (it is {text!r}); {_FIX}")
+        d = _json(text, f"{path}, row {row}: payload")
         if not isinstance(d, dict):
             raise TraceFileError(f"{path}, row {row}: payload is not a JSON object; {_FIX}")
         records.append((row, kind, d))
     return header, records
+
+
+def _json(text: str | bytes, where: str) -> Any:
+    """json.loads, with every failure (bad syntax, nesting too deep, huge numbers) a TraceFileError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TraceFileError(f"{where}: JSON nested too deeply for a trace record; {_FIX}") from None
+    except ValueError as e:  # JSONDecodeError, and ints beyond Python's digit limit
+        raise TraceFileError(f"{where} is not JSON ({e}); {_FIX}") from e
+
+
+# ---- record schema -------------------------------------------------------------------
+# What a loaded record must look like, checked before any record object is built, so a bad
+# file fails at load time naming the field, not later in a DataFrame view.
+
+_I64 = 2**63  # counts and times must fit the int64 / float64 columns of the views
+
+
+class _Bad(Exception):
+    """A value that does not fit the schema; the message names the field, the value and what it must be."""
+
+
+Check = Callable[[Any, str], None]
+
+
+def _fail(value: Any, at: str, expected: str) -> NoReturn:
+    typ = type(value).__name__
+    raise _Bad(
+        f"field {at!r} is {reprlib.repr(value)} ({'an' if typ[0] in 'aeiou' else 'a'} {typ}), expected {expected}"
+    )
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and 0 <= v < _I64
+
+
+def _is_number(v: Any) -> bool:
+    return (type(v) is float and math.isfinite(v)) or (type(v) is int and -_I64 <= v < _I64)
+
+
+def _is_text(v: Any) -> bool:
+    return type(v) is str
+
+
+def _scalar(ok: Callable[[Any], bool], expected: str) -> Check:
+    def check(v: Any, at: str) -> None:
+        if not ok(v):
+            _fail(v, at, expected)
+
+    return check
+
+
+_count = _scalar(_is_count, "a whole number >= 0")
+_number = _scalar(_is_number, "a finite number")
+# times are seconds since the run started (simulated seconds for the simulator): never negative
+_time = _scalar(lambda v: _is_number(v) and v >= 0, "a finite number of seconds >= 0")
+_text = _scalar(_is_text, "a string")
+_mapping_any = _scalar(lambda v: type(v) is dict, "a JSON object")
+
+
+def _optional(check: Check) -> Check:
+    def optional(v: Any, at: str) -> None:
+        if v is not None:
+            check(v, at)
+
+    return optional
+
+
+def _choice(*options: str) -> Check:
+    return _scalar(lambda v: type(v) is str and v in options, " or ".join(map(repr, options)))
+
+
+def _list(check: Check, all_ok: Callable[[list[Any]], bool]) -> Check:
+    """A list whose every item passes `check`; `all_ok(items)` is the same test, fast, for the usual good list."""
+
+    def check_list(v: Any, at: str) -> None:
+        if type(v) is not list:
+            _fail(v, at, "a list")
+        if not all_ok(v):
+            for i, x in enumerate(v):
+                check(x, f"{at}[{i}]")
+
+    return check_list
+
+
+def _all(ok: Callable[[Any], bool]) -> Callable[[list[Any]], bool]:
+    return lambda items: all(map(ok, items))
+
+
+def _mapping(key: Check, value: Check) -> Check:
+    def check(v: Any, at: str) -> None:
+        if type(v) is not dict:
+            _fail(v, at, "a JSON object")
+        for k, x in v.items():
+            key(k, f"{at} key")
+            value(x, f"{at}.{k}")
+
+    return check
+
+
+def _required(cls: type) -> list[str]:
+    """The fields of a dataclass that have no default."""
+    missing = dataclasses.MISSING
+    return [f.name for f in dataclasses.fields(cls) if f.default is missing and f.default_factory is missing]
+
+
+def _object(fields: dict[str, Check], required: Iterable[str]) -> Check:
+    """A JSON object with these fields (the required ones present, no others), each checked."""
+    need = list(required)
+
+    def check(v: Any, at: str) -> None:
+        if type(v) is not dict:
+            _fail(v, at or "record", "a JSON object")
+        prefix = f"{at}." if at else ""
+        for name in need:
+            if name not in v:
+                raise _Bad(f"missing field {prefix + name!r}")
+        for name, x in v.items():
+            if name not in fields:
+                raise _Bad(f"unknown field {prefix + str(name)!r} (known: {', '.join(fields)})")
+            fields[name](x, prefix + name)
+
+    return check
+
+
+_SLOT_FIELDS: dict[str, Check] = {
+    "req_id": _text,
+    "phase": _choice("prefill", "decode"),
+    "num_tokens": _count,
+    "context_len": _count,
+}
+_SLOT = _object(_SLOT_FIELDS, _required(Slot))
+
+
+def _slots_ok(batch: list[Any]) -> bool:
+    """The slot check of a whole batch, inlined: a trace may hold millions of slots."""
+    for s in batch:
+        if type(s) is not dict or len(s) != 4:
+            return False
+        phase, n, c = s.get("phase"), s.get("num_tokens"), s.get("context_len")
+        if not (
+            type(s.get("req_id")) is str
+            and (phase == "decode" or phase == "prefill")
+            and type(n) is int
+            and type(c) is int
+            and 0 <= n < _I64
+            and 0 <= c < _I64
+        ):
+            return False
+    return True
+
+
+_STRINGS = _list(_text, _all(_is_text))
+_COUNTS = _list(_count, _all(_is_count))
+_KV = _object(
+    {
+        "block_size": _count,
+        "num_blocks": _count,
+        "used": _count,
+        "cached": _count,
+        "free": _count,
+        "owners": _optional(_mapping(_scalar(lambda k: type(k) is str and k.isdigit(), "a block id"), _STRINGS)),
+        "cached_ids": _optional(_COUNTS),
+    },
+    _required(KVSnapshot),
+)
+_RECORDS: dict[str, Check] = {
+    "step": _object(
+        {
+            "step": _count,
+            "t_start": _time,
+            "t_end": _time,
+            "batch": _list(_SLOT, _slots_ok),
+            "waiting": _count,
+            "running": _count,
+            "admitted": _STRINGS,
+            "preempted": _STRINGS,
+            "finished": _STRINGS,
+            "kv": _optional(_KV),
+            "prefix_hit_tokens": _count,
+            "source": _choice("exact", "derived"),
+        },
+        _required(StepRecord),
+    ),
+    "request": _object(
+        {
+            "req_id": _text,
+            "arrival": _time,
+            "prompt_tokens": _count,
+            "first_scheduled": _optional(_time),
+            "first_token": _optional(_time),
+            "finish": _optional(_time),
+            "output_tokens": _count,
+            "cached_tokens": _count,
+            "num_preemptions": _count,
+            "finish_reason": _optional(_text),
+            "token_times": _list(_time, _all(lambda v: _is_number(v) and v >= 0)),
+            "error": _optional(_text),  # absent in files written before it existed
+        },
+        _required(RequestRecord),
+    ),
+    "output": _object(
+        {
+            "req_id": _text,
+            "text": _text,
+            "token_ids": _COUNTS,
+            "finish_reason": _optional(_text),
+            "prompt_token_ids": _COUNTS,
+            "cached_tokens": _count,
+        },
+        _required(Completion),
+    ),
+}
+RUN_STATUSES = ("finished", "stopped", "failed")
+"""The statuses a saved run can have (`Run.save` writes a snapshot of a live run as stopped)."""
+_HEADER = _object(
+    {
+        "record": _choice("info"),  # in the Parquet header (a .jsonl reader takes it off its first line)
+        "version": _count,
+        "info": _object(
+            {
+                "engine": _text,
+                "version": _text,
+                "model": _text,
+                "device": _text,
+                "dtype": _text,
+                "config": _mapping_any,
+                "views": _mapping(_text, _text),
+            },
+            _required(EngineInfo),
+        ),
+        "run": _object(  # written by Run.save; absent in older files and in Trace.save's
+            {
+                "status": _choice(*RUN_STATUSES),
+                "error": _optional(_text),
+                "error_type": _optional(_text),
+                "total": _optional(_count),
+            },
+            ["status"],
+        ),
+    },
+    ["version", "info"],
+)

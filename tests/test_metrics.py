@@ -10,7 +10,7 @@ from llmlab.metrics import percentile, summary
 from llmlab.trace import Trace
 
 KEYS = [
-    "requests", "finished", "duration_s", "input_tok_s", "output_tok_s", "requests_s",
+    "requests", "finished", "failed", "duration_s", "input_tok_s", "output_tok_s", "requests_s",
     "ttft_p50", "ttft_p90", "ttft_p99", "itl_p50", "itl_p90", "itl_p99",
     "tpot_p50", "tpot_p90", "tpot_p99", "e2e_p50", "e2e_p90", "e2e_p99",
     "preemptions", "prefix_hit_rate", "steps", "mean_batch_size",
@@ -102,3 +102,15 @@ def test_summary_of_empty_and_unfinished_traces():
     s = summary(t)
     assert s["requests"] == 1 and s["finished"] == 0
     assert math.isnan(s["ttft_p50"]) and math.isnan(s["itl_p50"]) and math.isnan(s["output_tok_s"])
+
+
+def test_a_request_that_failed_alone_is_counted_apart_from_the_finished():
+    t = random_trace(n=10, unfinished=0)
+    ok = summary(t)
+    r = t.request_records["0"]
+    r.finish_reason, r.error = "error", "the sampler raised"
+    s = summary(t)
+    assert s["failed"] == 1 and s["finished"] == ok["finished"] - 1
+    done = [x for x in t.request_records.values() if x.finish_reason != "error"]
+    assert s["ttft_p50"] == pytest.approx(percentile([x.first_token - x.arrival for x in done], 50))
+    assert t.requests.set_index("req_id").loc["0", "error"] == "the sampler raised"

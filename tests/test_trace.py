@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
 
+import llmlab
 from llmlab.core.records import (
     Completion,
     EngineInfo,
@@ -19,7 +20,8 @@ from llmlab.core.records import (
     Slot,
     StepRecord,
 )
-from llmlab.trace import Trace, load_trace
+from llmlab.run import Run, SavedRunError
+from llmlab.trace import Trace, TraceFileError, load_trace
 
 STEP_COLUMNS = [
     "step", "t_start", "t_end", "duration", "batch_size", "prefill_tokens", "decode_tokens",
@@ -28,7 +30,7 @@ STEP_COLUMNS = [
 ]  # fmt: skip
 REQUEST_COLUMNS = [
     "req_id", "arrival", "first_scheduled", "first_token", "finish", "prompt_tokens",
-    "output_tokens", "cached_tokens", "num_preemptions", "finish_reason", "ttft", "e2e",
+    "output_tokens", "cached_tokens", "num_preemptions", "finish_reason", "error", "ttft", "e2e",
     "tpot", "queue_time",
 ]  # fmt: skip
 
@@ -406,3 +408,207 @@ def test_requests_frame_dtypes_stable():
     for c in ("arrival", "first_scheduled", "first_token", "finish", "ttft", "e2e", "tpot"):
         assert df[c].dtype == "float64"
     assert pd.api.types.is_integer_dtype(df["prompt_tokens"])
+
+
+# ---- field checks on load ------------------------------------------------------------
+
+
+def _set(path: list, value):
+    """A mutation that sets d[path[0]][path[1]]... = value in a record's dict."""
+
+    def mutate(d):
+        for key in path[:-1]:
+            d = d[key]
+        d[path[-1]] = value
+
+    return mutate
+
+
+def _drop(key: str):
+    return lambda d: d.pop(key)
+
+
+# (which record in the file: 0 = info header, 1-4 steps, 5-7 requests, 8-9 outputs; mutation; field named)
+BAD_FIELDS = [
+    (5, _set(["arrival"], "0.5"), "'arrival' is '0.5' (a str), expected a finite number"),
+    (5, _set(["arrival"], float("nan")), "'arrival' is nan"),
+    (6, _set(["finish"], float("inf")), "'finish' is inf"),
+    (5, _set(["token_times", 1], "x"), "'token_times[1]'"),
+    (5, _set(["token_times"], {"a": 1}), "'token_times'"),
+    (7, _set(["prompt_tokens"], 3.0), "'prompt_tokens' is 3.0 (a float), expected a whole number >= 0"),
+    (7, _set(["num_preemptions"], -1), "'num_preemptions' is -1"),
+    (6, _set(["output_tokens"], True), "'output_tokens' is True (a bool)"),
+    (6, _set(["req_id"], 7), "'req_id' is 7 (an int), expected a string"),
+    (6, _set(["error"], ["boom"]), "'error'"),
+    (6, _drop("prompt_tokens"), "missing field 'prompt_tokens'"),
+    (6, _set(["extra"], 1), "unknown field 'extra'"),
+    (1, _set(["t_start"], "0"), "'t_start'"),
+    (2, _set(["t_end"], None), "'t_end' is None"),
+    (2, _set(["batch", 2, "num_tokens"], "3"), "'batch[2].num_tokens' is '3'"),
+    (2, _set(["batch", 0, "phase"], "both"), "'batch[0].phase' is 'both'"),
+    (2, _set(["batch", 1], [1, 2]), "'batch[1]'"),
+    (3, _set(["waiting"], 1.5), "'waiting' is 1.5"),
+    (3, _set(["preempted", 0], 5), "'preempted[0]' is 5"),
+    (1, _set(["kv", "used"], "4"), "'kv.used' is '4'"),
+    (1, _set(["kv", "owners", "x"], ["a"]), "'kv.owners key' is 'x'"),
+    (4, _set(["source"], "guessed"), "'source' is 'guessed'"),
+    (8, _set(["token_ids", 1], -3), "'token_ids[1]' is -3"),
+    (9, _set(["text"], None), "'text' is None"),
+    (9, _set(["cached_tokens"], 2**64), "'cached_tokens' is 18446744073709551616"),
+]
+
+
+@pytest.mark.parametrize("index, mutate, field", BAD_FIELDS)
+def test_bad_field_in_jsonl_names_file_line_and_field(tmp_path, index, mutate, field):
+    lines = _good_lines(tmp_path)
+    d = json.loads(lines[index])
+    mutate(d)
+    lines[index] = json.dumps(d)
+    for name, write in (("bad.jsonl", _write), ("bad.jsonl.gz", _write_gz)):
+        path = write(tmp_path / name, lines)
+        with pytest.raises(TraceFileError) as e:
+            Trace.load(path)
+        msg = str(e.value)
+        assert isinstance(e.value, ValueError)
+        assert str(path) in msg and f"line {index + 1}:" in msg and field in msg, msg
+        assert "run.save(path)" in msg
+
+
+@pytest.mark.parametrize("index, mutate, field", [f for f in BAD_FIELDS if f[0] > 0])
+def test_bad_field_in_parquet_names_file_row_and_field(tmp_path, index, mutate, field):
+    good = pq.read_table(make_trace().save(tmp_path / "good.parquet"))
+    kinds, payloads = good.column("record").to_pylist(), good.column("payload").to_pylist()
+    d = json.loads(payloads[index - 1])
+    mutate(d)
+    payloads[index - 1] = json.dumps(d)
+    path = _write_parquet(tmp_path / "bad.parquet", kinds, payloads, good.schema.metadata)
+    with pytest.raises(TraceFileError) as e:
+        Trace.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"row {index - 1}:" in msg and field in msg, msg
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (_set(["info", "model"], 5), "'info.model' is 5"),
+        (_set(["info", "config"], []), "'info.config'"),
+        (_set(["info", "views", "kv"], 1), "'info.views.kv' is 1"),
+        (_set(["run"], {"status": "exploded"}), "'run.status' is 'exploded'"),
+        (_set(["run"], {"status": "failed", "error": 3}), "'run.error' is 3"),
+        (_set(["run"], {"status": "failed", "total": -1}), "'run.total' is -1"),
+        (_set(["run"], {"error": "x"}), "missing field 'run.status'"),
+    ],
+)
+def test_bad_header_field(tmp_path, mutate, field):
+    lines = _good_lines(tmp_path)
+    header = json.loads(lines[0])
+    mutate(header)
+    path = _write(tmp_path / "bad.jsonl", [json.dumps(header), *lines[1:]])
+    with pytest.raises(TraceFileError) as e:
+        Trace.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "line 1" in msg and "info header" in msg and field in msg, msg
+
+
+def test_deeply_nested_json_is_a_trace_file_error(tmp_path):
+    deep = "[" * 200_000 + "]" * 200_000
+    lines = _good_lines(tmp_path)
+    lines[3] = '{"record": "step", "batch": ' + deep + "}"
+    path = _write(tmp_path / "deep.jsonl", lines)
+    with pytest.raises(TraceFileError, match=r"deep\.jsonl, line 4: .*nested too deeply.*run\.save"):
+        Trace.load(path)
+    path = _write(tmp_path / "deep_header.jsonl", ['{"record": "info", "info": ' + deep + "}"])
+    with pytest.raises(TraceFileError, match=r"deep_header\.jsonl, line 1: .*nested too deeply"):
+        Trace.load(path)
+    header = {b"llmlab.info": json.dumps({"record": "info", "version": 1, "info": make_info().to_dict()})}
+    path = _write_parquet(tmp_path / "deep.parquet", ["step"], [deep], header)
+    with pytest.raises(TraceFileError, match=r"deep\.parquet, row 0: payload.*nested too deeply"):
+        Trace.load(path)
+
+
+def test_huge_integer_is_a_trace_file_error(tmp_path):
+    lines = _good_lines(tmp_path)
+    lines[5] = lines[5].replace('"prompt_tokens": 7', '"prompt_tokens": ' + "9" * 5000)
+    path = _write(tmp_path / "huge.jsonl", lines)
+    with pytest.raises(TraceFileError, match=r"huge\.jsonl, line 6 is not JSON"):
+        Trace.load(path)
+
+
+# ---- request errors and run status ---------------------------------------------------
+
+
+def _write_gz(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_request_error_column_round_trips(tmp_path):
+    t = make_trace()
+    t.add_request(
+        RequestRecord("d", arrival=0.2, prompt_tokens=4, finish=0.21, finish_reason="error", error="decode failed: NaN")
+    )
+    df = t.requests.set_index("req_id")
+    assert df.loc["d", "error"] == t.request_records["d"].error
+    assert df.loc[["a", "b", "c"], "error"].isna().all()
+    for suffix in (".jsonl", ".jsonl.gz", ".parquet"):
+        u = Trace.load(t.save(tmp_path / f"err{suffix}"))
+        assert u.request_records == t.request_records
+        assert_frame_equal(u.requests, t.requests)
+
+
+def test_files_without_the_error_field_still_load(tmp_path):
+    lines = _good_lines(tmp_path)
+    old = []
+    for line in lines:
+        d = json.loads(line)
+        if d["record"] == "request":
+            del d["error"]  # as written before RequestRecord.error existed
+        old.append(json.dumps(d))
+    u = Trace.load(_write(tmp_path / "old.jsonl", old))
+    assert all(r.error is None for r in u.request_records.values())
+    assert_frame_equal(u.requests, make_trace().requests)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
+@pytest.mark.parametrize(
+    "status, error",
+    [("failed", ValueError("injected failure at step 3")), ("stopped", None), ("finished", None), ("failed", None)],
+)
+def test_run_status_and_error_round_trip(tmp_path, suffix, status, error):
+    run = Run(make_trace(), total=5)
+    run.status, run.error = status, error
+    path = run.save(tmp_path / f"run{suffix}")
+    back = llmlab.load(path)
+    assert back.status == status and back.total == run.total
+    assert back.num_finished == run.num_finished
+    if error is None:
+        assert back.error is None
+    else:
+        assert isinstance(back.error, RuntimeError) and isinstance(back.error, SavedRunError)
+        assert str(back.error) == str(error) and back.error.error_type == type(error).__name__
+        assert repr(back) == repr(run)  # shows the same status and error as the run that was saved
+        again = Run.load(back.save(tmp_path / f"again{suffix}"))  # the error type survives a second save
+        assert str(again.error) == str(error) and again.error.error_type == type(error).__name__
+    assert_frame_equal(back.requests, run.requests)
+
+
+def test_live_run_saves_as_stopped_and_old_files_load_as_finished(tmp_path):
+    run = Run(make_trace(), total=9)
+    run.status = "running"
+    back = Run.load(run.save(tmp_path / "live.jsonl"))
+    assert back.status == "stopped" and back.total == 9 and back.error is None
+    # Trace.save (and files from before run status existed) have no status: they load as finished
+    path = make_trace().save(tmp_path / "old.parquet")
+    old = llmlab.load(path)
+    assert old.status == "finished" and old.error is None and old.total == len(old.trace.request_records)
+    header = json.loads(make_trace().save(tmp_path / "old.jsonl").read_text().splitlines()[0])
+    assert "run" not in header
+
+
+def test_error_without_message_saves_its_class(tmp_path):
+    run = Run(make_trace())
+    run.status, run.error = "failed", MemoryError()
+    back = Run.load(run.save(tmp_path / "oom.jsonl"))
+    assert back.status == "failed" and "MemoryError" in str(back.error) and back.error.error_type == "MemoryError"

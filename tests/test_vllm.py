@@ -7,6 +7,8 @@ starts after it closes, which also proves that a second launch in one process wo
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,23 @@ def test_bad_requests_fail_before_the_run_and_the_engine_survives(engine):
     with pytest.raises(ValueError, match="max_model_len"):
         engine.run(workloads.fixed([list(range(600))], max_tokens=4))
     assert engine.generate("The capital of France is", max_tokens=4)[0].token_ids
+
+
+def test_close_during_a_live_run_stops_it_first(engine):
+    """close() mid-run: the run ends "stopped" with its steps so far, the thread is joined, and vLLM
+    is shut down; before, the run died with "not enough values to unpack" and held the memory."""
+    run = engine.run(workloads.synthetic(16, prompt_len=64, output_len=128, ignore_eos=True, seed=5), live=True)
+    deadline = time.monotonic() + 120
+    while len(run.trace) < 3 and not run.done and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not run.done, "the run finished before close() could interrupt it"
+    engine.close()
+    assert run.done and run.status == "stopped" and run.error is None, run
+    assert len(run.trace) >= 3 and run.num_finished < 16
+    assert not [t for t in threading.enumerate() if t.name.startswith("llmlab")]
+    assert engine.scheduler is None and engine.llm is None
+    with pytest.raises(ValueError, match="closed"):
+        engine.run(workloads.synthetic(1, prompt_len=8, output_len=2))
 
 
 def test_tiny_pool_preempts_and_recomputes(engine):

@@ -181,8 +181,9 @@ class RequestRecord:
     output_tokens: int = 0
     cached_tokens: int = 0
     num_preemptions: int = 0
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
     token_times: list[float] = field(default_factory=list)
+    error: str | None = None  # why this request failed alone (finish_reason "error"), the others going on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

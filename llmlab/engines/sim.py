@@ -15,6 +15,7 @@ from functools import cache
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+from llmlab.config import check_settings, check_watermark
 from llmlab.core.blocks import BlockManager, CommitPlan
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
@@ -85,6 +86,9 @@ class SimEngine(Engine):
     the same as stepping one at a time (the tests compare both), only much faster to make.
     A step that admits requests while every running one decodes builds its batch in one pass,
     and with open-loop arrivals the run goes on through it.
+
+    Every knob is checked against `llmlab.config` first; `watermark` is the fraction of the KV
+    pool kept free when admitting a new request while others run (0 <= it < 1).
     """
 
     name = "sim"
@@ -116,15 +120,11 @@ class SimEngine(Engine):
         tokenizer: Any = None,
         fast_forward: bool = True,
     ) -> None:
+        # every knob's type and range first, so a bad one fails before any model or plan is built
+        check_settings("sim", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
         from llmlab import __version__
 
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"block_size={block_size!r}: must be a positive number of tokens per block, e.g. 16")
-        if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
-            raise ValueError(f"num_blocks={num_blocks!r}: the KV pool needs at least one block; leave it None")
-        if step_time is not None and not callable(step_time):
-            raise ValueError(f"step_time={step_time!r}: give a callable slots -> seconds, or None for the cost model")
         if efficiency is not None and calibration is not None:
             raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
         tp, pp = parallel_sizes(num_gpus, tp, pp)
@@ -190,6 +190,7 @@ class SimEngine(Engine):
                     "smaller weights (fp8, int4) or a GPU with more memory"
                 )
             num_blocks = int(plan.kv_blocks)
+        check_watermark(watermark, num_blocks)
         if step_time is None:
             from llmlab.plan.cost import CostModel
 
@@ -263,6 +264,8 @@ class SimEngine(Engine):
 
     # requests ----------------------------------------------------------------------------
     def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """The native engine's checks but the vocabulary: the simulator's token ids are placeholders."""
+        super().check_request(req_id, prompt_token_ids, params)
         if req_id in self.requests:
             raise ValueError(f"request id {req_id!r} is already running on this engine: use a new id")
         self.scheduler.check(Request(req_id, prompt_token_ids, params))

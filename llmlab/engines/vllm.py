@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmlab.config import check_settings
 from llmlab.core.records import Completion, EngineInfo, KVSnapshot, Slot, StepRecord
 from llmlab.core.request import SamplingParams
 from llmlab.engines.base import Engine, EngineStep, release_memory
@@ -96,21 +97,19 @@ class VLLMEngine(Engine):
         trace_kv_owners: bool = True,
         engine_args: dict[str, Any] | None = None,
     ) -> None:
+        # every knob's type and range first, so a bad one fails before vLLM starts
+        check_settings("vllm", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
         import torch
 
         from llmlab.models import load_tokenizer, resolve
 
         on_cpu = not torch.cuda.is_available()
-        if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
-            raise ValueError(f"block_size={block_size!r}: give a positive number of tokens per block")
         if on_cpu and block_size is not None and block_size % CPU_BLOCK_MULTIPLE:
             raise ValueError(
                 f"block_size={block_size}: vLLM's CPU attention needs a multiple of {CPU_BLOCK_MULTIPLE} "
                 f"(e.g. {CPU_BLOCK_MULTIPLE} or 128)"
             )
-        if kv_cache_memory is not None and kv_cache_memory <= 0:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory}: give a positive number of bytes, e.g. 256 * 2**20")
         spec = resolve(model)
         vllm = _import_vllm()
         threads = torch.get_num_threads()
@@ -153,6 +152,7 @@ class VLLMEngine(Engine):
         self.scheduler = _find_scheduler(self.engine)
         self._block_size = self.engine.vllm_config.cache_config.block_size
         self.tokenizer = load_tokenizer(spec.path)
+        self.vocab_size = int(self.engine.vllm_config.model_config.get_vocab_size())
         self.trace_kv_owners = trace_kv_owners
         self._ids: dict[str, str] = {}  # vLLM's internal request id -> the user's
         self._prompts: dict[str, list[int]] = {}
@@ -277,6 +277,7 @@ class VLLMEngine(Engine):
 
     # the Engine interface ----------------------------------------------------------------
     def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        super().check_request(req_id, prompt_token_ids, params)
         limit = self.info.config["max_model_len"]
         if req_id in self._prompts:
             raise ValueError(f"request id {req_id!r} is already running on this engine: use a new id")
@@ -287,6 +288,7 @@ class VLLMEngine(Engine):
                 f"request {req_id!r}: prompt of {len(prompt_token_ids)} tokens does not fit the context of {limit} "
                 "tokens (max_model_len): shorten the prompt or launch with a larger max_model_len"
             )
+        self.check_vocab(req_id, prompt_token_ids, self.vocab_size)
 
     def _sampling_params(self, params: SamplingParams):
         from vllm import SamplingParams as VSP
@@ -398,7 +400,8 @@ class VLLMEngine(Engine):
         )
 
     def close(self) -> None:
-        """Shut vLLM's engine core down and free its weights and KV cache; a new launch works afterwards."""
+        """Stop a run in flight (see `Engine.close`), then shut vLLM's engine core down and free its
+        weights and KV cache; a new launch works afterwards."""
         if self._closed:
             return
         super().close()

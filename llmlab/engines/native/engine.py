@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 
+from llmlab.config import check_settings, check_watermark
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import Engine, EngineStep, release_memory
-from llmlab.engines.native.kv_cache import check_kv_dtype
+from llmlab.engines.native import cpu_dtype
 from llmlab.engines.native.memory import kv_pool_bytes, weight_bytes
-from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, check_weights
+from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES
 from llmlab.engines.native.runner import ModelRunner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -34,13 +35,9 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def default_cpu_dtype() -> torch.dtype:
-    """bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), else float32, which is
-    several times faster than emulated bfloat16 on AVX2-only CPUs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    """float32, or bfloat16 where the CPU computes it natively and a one-time probe measured it
+    faster (see cpu_dtype.py); `LLMLAB_CPU_DTYPE` overrides the choice."""
+    return DTYPES[cpu_dtype.choose().dtype]
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -66,7 +63,12 @@ def eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
 
 
 class NativeEngine(Engine):
-    """Paged KV cache, continuous batching and the four core policies, on CPU or CUDA."""
+    """Paged KV cache, continuous batching and the four core policies, on CPU or CUDA.
+
+    Every knob is checked against `llmlab.config` before anything loads. `watermark` is the
+    fraction of the KV pool kept free when admitting a new request while others run (0 <= it < 1),
+    so running requests can grow before anyone is preempted.
+    """
 
     name = "native"
 
@@ -91,23 +93,13 @@ class NativeEngine(Engine):
         kv_dtype: str = "auto",
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
+        # every knob's type and range first, so a bad one fails before anything loads
+        check_settings("native", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
         from llmlab import __version__
         from llmlab.models import load_tokenizer, resolve
         from llmlab.models.resolve import check_architecture
 
-        # cheap checks first, so a bad knob fails before the weights load
-        if not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f"block_size={block_size!r}: must be a positive number of tokens per block, e.g. 16")
-        if num_blocks is not None and num_blocks <= 0:
-            raise ValueError(
-                f"num_blocks={num_blocks}: the KV pool needs at least one block; leave it None for a default"
-            )
-        if kv_cache_memory is not None and kv_cache_memory <= 0:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory}: give a positive number of bytes, e.g. 256 * 2**20")
-        if weights is not None:
-            check_weights(weights, group_size)
-        check_kv_dtype(kv_dtype)
         sched_cfg = SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -149,7 +141,9 @@ class NativeEngine(Engine):
             )
         sched_cfg.max_model_len = max_model_len
         sched_cfg.validate()
+        check_watermark(watermark, num_blocks)
 
+        self.vocab_size = int(cfg["vocab_size"])
         self.tokenizer = load_tokenizer(spec.path)
         self.eos_token_ids = eos_ids(spec.path, self.tokenizer)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
@@ -212,11 +206,14 @@ class NativeEngine(Engine):
         return Request(req_id, prompt_token_ids, params, eos_token_ids=self.eos_token_ids)
 
     def check_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        super().check_request(req_id, prompt_token_ids, params)
         if req_id in self.requests:
             raise ValueError(f"request id {req_id!r} is already running on this engine: use a new id")
         self.scheduler.check(self._request(req_id, prompt_token_ids, params))
+        self.check_vocab(req_id, prompt_token_ids, self.vocab_size)
 
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.check_request(req_id, prompt_token_ids, params)  # called directly, not through a run, too
         req = self._request(req_id, prompt_token_ids, params)
         self.scheduler.add(req)
         self.requests[req_id] = req
@@ -238,17 +235,26 @@ class NativeEngine(Engine):
 
     # the step ----------------------------------------------------------------------------
     def step(self) -> EngineStep:
+        """One scheduler step. A request whose sampling raised fails alone: it finishes with
+        finish_reason "error" (its blocks freed) and the others go on; a failed forward fails the step."""
         sched = self.scheduler
         batch = sched.next_batch()
-        sampled = self.runner.execute(batch)
+        out = self.runner.execute(batch)
+        failed = {rid: v for rid, v in out.items() if isinstance(v, BaseException)}
+        sampled = {rid: v for rid, v in out.items() if rid not in failed} if failed else out
         finished = sched.update(batch, sampled)
+        for req_id in failed:
+            req = self.requests[req_id]
+            if not req.is_finished:
+                finished.append(sched.finish(req, "error"))
         for req_id in sampled:
             req = self.requests[req_id]
             if not req.is_finished and req.params.stop and self._hit_stop_string(req):
                 finished.append(sched.finish(req, "stop"))
         record = sched.record(batch, finished, owners=self.trace_kv_owners)
         completions = [self._complete(r) for r in finished]
-        return EngineStep(record, {rid: 1 for rid in sampled}, completions)
+        errors = {rid: f"{type(exc).__name__}: {exc}" for rid, exc in failed.items()}
+        return EngineStep(record, dict.fromkeys(sampled, 1), completions, errors)
 
     def _hit_stop_string(self, req: Request) -> bool:
         tail = self.tokenizer.decode(req.output_token_ids[-16:], skip_special_tokens=True)
@@ -307,7 +313,7 @@ class NativeEngine(Engine):
             raise ValueError("the native engine is closed: launch a new one with llmlab.launch('native')")
 
     def close(self) -> None:
-        """Free the weights and the KV pool."""
+        """Stop a run in flight (see `Engine.close`), then free the weights and the KV pool."""
         super().close()
         self.runner = None  # type: ignore[assignment]
         self.requests.clear()

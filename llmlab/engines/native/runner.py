@@ -134,8 +134,9 @@ class ModelRunner:
 
     # the step ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def execute(self, batch: Batch) -> dict[str, int]:
-        """Run one step; return the sampled token of every request that finished its chunk."""
+    def execute(self, batch: Batch) -> dict[str, int | Exception]:
+        """Run one step; return the sampled token of every request that finished its chunk, or, for
+        a request whose sampling raised, that exception (it fails alone; a failed forward raises)."""
         input_ids, pos, meta, rows, reqs = self.prepare(batch)
         hidden = self.model(input_ids, self.cos[pos], self.sin[pos], self.kv_caches, meta)
         if not rows:
