@@ -56,8 +56,11 @@ vllm: $(VENV)/.installed-vllm
 model: $(VENV)/.installed
 	$(BIN)/llmlab fetch
 
+# JupyterLab refuses root without --allow-root (containers, cloud notebooks); with no display it
+# opens no browser and prints the URL to open. Extra Jupyter flags: make lab ARGS="--port 9999"
 lab: model
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+	  $$([ "$$(uname -s)" = Linux ] && [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && echo --no-browser) $(ARGS)
 
 test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
 	$(BIN)/ruff check llmlab tests benchmarks notebooks

@@ -23,6 +23,7 @@ import importlib.util
 import linecache
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +198,8 @@ def test_make_targets_named_in_the_readme_exist():
     named = []
     for cmd in re.findall(r"(?:^|[\s;&|(])make((?:[ \t]+[^\s#;&|)`]+)*)", bash + "\n" + inline, re.M):
         # arguments: VAR=value settings, and targets (a path target is built by a pattern rule)
-        named += [w for w in cmd.split() if "=" not in w and "/" not in w and not w.startswith("-")]
+        words = shlex.split(cmd)  # ARGS="--port 9999" is one setting
+        named += [w for w in words if "=" not in w and "/" not in w and not w.startswith("-")]
     assert "lab" in named and "test" in named, named
     missing = sorted(set(named) - makefile_targets())
     assert not missing, f"README.md names make targets the Makefile lacks: {missing}"
