@@ -5,9 +5,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from llmlab import plan, workloads  # noqa: E402  (plan is a package you can call: llmlab.plan(model=...))
-from llmlab.compare import compare  # noqa: E402
 from llmlab.engines import launch  # noqa: E402
-from llmlab.run import Run  # noqa: E402
+from llmlab.measure.compare import compare  # noqa: E402
+from llmlab.session.run import Run  # noqa: E402
 
 
 def load(path) -> Run:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from llmlab.core.records import EngineInfo, RequestRecord, Slot, StepRecord
-from llmlab.metrics import percentile, summary
-from llmlab.trace import Trace
+from llmlab.session.metrics import percentile, summary
+from llmlab.session.trace import Trace
 
 KEYS = [
     "requests", "finished", "failed", "duration_s", "input_tok_s", "output_tok_s", "requests_s",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import llmlab
 from llmlab import workloads
-from llmlab.trace import TraceFileError
+from llmlab.session.trace import TraceFileError
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ import torch
 from safetensors import safe_open
 
 import llmlab
-from llmlab import quality, workloads
+from llmlab import workloads
 from llmlab.engines.native.kv_cache import LayerKV
 from llmlab.engines.native.quant import QuantizedLinear, unpack_int4
+from llmlab.measure import quality
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import llmlab
 from llmlab import workloads
 from llmlab.core.request import Request
 from llmlab.engines.sim import ReplayStepTimes, SimEngine
-from llmlab.session import Session
-from llmlab.trace import Trace
+from llmlab.session.driver import Session
+from llmlab.session.trace import Trace
 
 KNOBS = dict(block_size=8, num_blocks=24, max_num_batched_tokens=64, max_num_seqs=8, max_model_len=512)
 

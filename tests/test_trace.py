@@ -20,8 +20,8 @@ from llmlab.core.records import (
     Slot,
     StepRecord,
 )
-from llmlab.run import Run, SavedRunError
-from llmlab.trace import Trace, TraceFileError, load_trace
+from llmlab.session.run import Run, SavedRunError
+from llmlab.session.trace import Trace, TraceFileError, load_trace
 
 STEP_COLUMNS = [
     "step", "t_start", "t_end", "duration", "batch_size", "prefill_tokens", "decode_tokens",

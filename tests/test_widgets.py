@@ -9,7 +9,7 @@ import pytest
 
 import llmlab
 from llmlab.core.records import KVSnapshot, StepRecord
-from llmlab.trace import Trace
+from llmlab.session.trace import Trace
 from llmlab.widgets import Dashboard
 from llmlab.widgets.state import KV_CACHED, KV_FREE, kv_state
 
@@ -122,7 +122,7 @@ def test_large_pools_aggregate_and_ownerless_traces_show_counts():
     assert state.owners[0] == "2/25 blocks used"
     counts = KVSnapshot(block_size=16, num_blocks=10, used=4, cached=1, free=5, owners=None)
     assert kv_state(counts, 0, {}).grid is None
-    info = llmlab.run.Run(Trace(llmlab.core.records.EngineInfo("sim", "0", "m", "cpu", "float32")))
+    info = llmlab.session.run.Run(Trace(llmlab.core.records.EngineInfo("sim", "0", "m", "cpu", "float32")))
     rec = StepRecord(0, 0.0, 0.1, [], 0, 0, kv=counts)
     info.trace.add_step(rec)
     d = Dashboard(info)

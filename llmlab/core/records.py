@@ -1,7 +1,7 @@
 """The trace vocabulary every engine speaks: plain, JSON-serialisable dataclasses.
 
 Engines emit one `StepRecord` per scheduler iteration and one `RequestRecord` per request;
-`llmlab.trace.Trace` collects them. Nothing here holds a tensor.
+`llmlab.session.trace.Trace` collects them. Nothing here holds a tensor.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from llmlab.core.records import Completion, DecodeRun, EngineInfo, StepRecord
 from llmlab.core.request import SamplingParams
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
     from llmlab.workloads import WorkItem, Workload
 
 
@@ -149,7 +149,7 @@ class Engine:
 
     def run(self, workload: Workload, live: bool = False) -> Run:
         """Send `workload`; returns a finished `Run`, or at once with `live=True` (then `run.wait()`)."""
-        from llmlab.session import Session
+        from llmlab.session.driver import Session
 
         if self._closed:
             raise ValueError(f"the {self.name} engine is closed: launch a new one with llmlab.launch({self.name!r})")

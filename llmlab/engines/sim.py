@@ -25,7 +25,7 @@ from llmlab.plan.cost import step_load
 from llmlab.plan.memory import parallel_sizes
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
     from llmlab.workloads import WorkItem
 
 StepTime = Callable[[list[Slot]], float]

@@ -25,7 +25,7 @@ import pandas as pd
 from llmlab.plan.cost import GROUPS, CostModel, Efficiency, step_load
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
     from llmlab.workloads import Workload
 
 COMPUTE_GROUPS = ("qkv_o", "mlp", "attention", "lm_head")
@@ -74,7 +74,7 @@ class Calibration:
 
 def check_run(run: Any, what: str) -> None:
     """Raise ValueError unless `run` is a Run that has stopped stepping (what `what` reads)."""
-    from llmlab.run import Run
+    from llmlab.session.run import Run
 
     if not isinstance(run, Run):
         raise ValueError(f"{what} needs a Run, what engine.run(workload) returns; got {run!r}")

@@ -20,7 +20,7 @@ from llmlab.plan.hardware import GB, get_hardware
 from llmlab.plan.memory import make_shard, memory_plan, parallel_sizes
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
     from llmlab.workloads import Workload
 
 DEFAULT_MAX_MODEL_LEN = 8192

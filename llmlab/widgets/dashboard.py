@@ -17,7 +17,7 @@ import ipywidgets as W
 from llmlab.widgets.views import KVView, LatencyView, ScheduleView
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
 
 KEY_CONFIG = [
     "policy",

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from llmlab.plan.grid import WORKLOADS, PlanTable, pareto_mask, plan
 
 if TYPE_CHECKING:
-    from llmlab.run import Run
+    from llmlab.session.run import Run
 
 MEMORY_PARTS = [
     ("weights_gb", "weights", "#4e79a7"),

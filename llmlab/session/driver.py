@@ -10,8 +10,8 @@ from collections import deque
 
 from llmlab.core.records import Completion, DecodeRun, RequestRecord
 from llmlab.engines.base import Engine, EngineStep
-from llmlab.run import Run
-from llmlab.trace import Trace
+from llmlab.session.run import Run
+from llmlab.session.trace import Trace
 from llmlab.workloads import WorkItem, Workload
 
 IDLE_POLL_S = 0.02

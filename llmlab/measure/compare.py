@@ -96,13 +96,13 @@ def compare(
 
     Quality (KL divergence and top-1 agreement against the unquantized model, perplexity on
     held-out text) is measured against a native float32 reference, computed once; engines that
-    cannot score text get NaN there. Pass `reference` (a `llmlab.quality.Reference`) to reuse one.
+    cannot score text get NaN there. Pass `reference` (a `llmlab.measure.quality.Reference`) to reuse one.
     `warmup` runs two short requests first so one-off start-up costs stay out of the speed.
     `quality_prompts` / `heldout_tokens` / `answer_tokens` cut the quality set (first N prompts,
     first N held-out tokens, length of the greedy answers) for quick looks; defaults use all of it.
     """
-    from llmlab import quality as q
     from llmlab.engines import launch
+    from llmlab.measure import quality as q
 
     points = grid_points(grid)
     workload = workload or default_workload()

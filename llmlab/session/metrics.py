@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from llmlab.trace import Trace
+from llmlab.session.trace import Trace
 
 PERCENTILES = (50, 90, 99)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmlab import metrics
 from llmlab.core.records import Completion, StepRecord
-from llmlab.trace import RUN_STATUSES, Trace
+from llmlab.session import metrics
+from llmlab.session.trace import RUN_STATUSES, Trace
 
 
 class SavedRunError(RuntimeError):
@@ -132,7 +132,7 @@ class Run:
         A failed run's `error` comes back as a `SavedRunError` (a RuntimeError) whose message is
         the saved text and whose `error_type` names the original class. Files without a status
         (older ones, and those written by `Trace.save`) load as "finished" with no error. A
-        malformed file raises `llmlab.trace.TraceFileError` (a ValueError) naming the file, the
+        malformed file raises `llmlab.session.trace.TraceFileError` (a ValueError) naming the file, the
         line and the field.
         """
         trace, saved = Trace._load(path)
