@@ -29,7 +29,7 @@ KNOBS = {
     "vllm": dict(
         dtype="float32",
         block_size=32,
-        num_gpu_blocks_override=128,
+        num_blocks=128,
         max_num_batched_tokens=256,
         max_num_seqs=16,
         max_model_len=1024,

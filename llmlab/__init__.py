@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from llmlab import plan, workloads  # noqa: E402  (plan is a package you can call: llmlab.plan(model=...))
-from llmlab.engines import launch  # noqa: E402
+from llmlab.config import VERSION as __version__
 from llmlab.measure.compare import compare  # noqa: E402
+from llmlab.session.engine import Engine, launch  # noqa: E402
 from llmlab.session.run import Run  # noqa: E402
 
 
@@ -15,4 +14,4 @@ def load(path) -> Run:
     return Run.load(path)
 
 
-__all__ = ["Run", "__version__", "compare", "launch", "load", "plan", "workloads"]
+__all__ = ["Engine", "Run", "__version__", "compare", "launch", "load", "plan", "workloads"]

@@ -16,13 +16,16 @@ list needs it.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from os import PathLike
 from typing import Any
 
+VERSION = "0.1.0"  # llmlab's version, as traces record it (llmlab.__version__)
 ALL_ENGINES = ("native", "sim", "vllm")
 
 
@@ -147,7 +150,7 @@ class Setting:
         if self.choices is not None:
             if value not in self.allowed():
                 raise ValueError(f"{shown} is unknown: choose {self.requirement()}; {self.fix}")
-            return
+            return value
         if self.kind in ("int", "number"):
             too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
             too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
@@ -191,118 +194,338 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# choices, looked up when first needed ----------------------------------------------------
-def _policies() -> Iterable[str]:
-    from llmlab.core.policies import POLICIES
-
-    return sorted(POLICIES)
-
-
-def _native_weights() -> Iterable[str]:
-    from llmlab.engines.native.quant import WEIGHT_FORMATS
-
-    return WEIGHT_FORMATS
-
-
-def _native_kv_dtypes() -> Iterable[str]:
-    from llmlab.engines.native.kv_cache import KV_DTYPES
-
-    return KV_DTYPES
+# the one dtype vocabulary ----------------------------------------------------------------
+# Short names everywhere ("fp32", "bf16", ...); the long names users also type map onto them.
+DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # short name -> torch's
+COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8")
+POLICY_NAMES = ("chunked", "prefill_first", "splitfuse", "static")  # llmlab.core.policies, by name
+DEFAULT_MAX_MODEL_LEN = 8192  # the longest sequence when neither the user nor a small model says less
+INT4_GROUP_SIZE = 128  # inputs per int4 scale group
 
 
-def _model_weights() -> Iterable[str]:
-    from llmlab.plan.memory import WEIGHT_BYTES
+def dtype_name(dtype: Any) -> str | None:
+    """The short name ('fp32', 'bf16', ...) of a dtype given as a short name, a long name or a torch.dtype."""
+    if dtype is None:
+        return None
+    text = str(dtype).removeprefix("torch.")
+    return DTYPE_ALIASES.get(text, text)
 
-    return tuple(WEIGHT_BYTES)
 
-
-def _model_kv_dtypes() -> Iterable[str]:
-    from llmlab.plan.memory import KV_BYTES
-
-    return (*KV_BYTES, "auto")
+def default_max_model_len(context: int | None, budget: int, chunked: bool, policy: str) -> int:
+    """The longest sequence when none is given: the model's context (capped at DEFAULT_MAX_MODEL_LEN),
+    and no more than one step's token budget when prompts cannot be split over steps."""
+    longest = min(context or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+    if not (chunked or policy in ("splitfuse", "static")):
+        longest = min(longest, budget)
+    return max(2, longest)
 
 
 N, S, V = ("native",), ("sim",), ("vllm",)
 NS, NV, SV = ("native", "sim"), ("native", "vllm"), ("sim", "vllm")
 
-SETTINGS: tuple[Setting, ...] = (
+
+def setting(default: Any, kind: str, doc: str, fix: str, engines: tuple[str, ...] = ALL_ENGINES, **spec: Any) -> Any:
+    """A field of `EngineConfig`: its default, and the spec (`Setting`) that checks it."""
+    optional = spec.pop("optional", default is None)
+    return field(default=default, metadata={"spec": Setting("", kind, fix, engines, optional, doc=doc, **spec)})
+
+
+@dataclass
+class EngineConfig:
+    """Every launch setting, its default and its check, in one place; each engine reads the ones
+    it honours and translates them to its own names in one table (vLLM's in `engines/vllm.py`).
+
+    `EngineConfig(**settings)` checks every value (type, range, choice) before any engine starts;
+    `for_engine(name)` refuses what that engine cannot honour, naming the nearest setting it has,
+    and fills the defaults that differ by engine (None below means "the engine's own")."""
+
     # what runs, and where
-    Setting("model", "path", "give a model name (e.g. 'smollm2-135m') or a local checkpoint directory", NV, True),
-    Setting("model", "any", "give a shape name, a local path or a config dict", S),
-    Setting("device", "torch", "use 'cpu' or 'cuda' (or None to pick)", N, True),
-    Setting("dtype", "torch", "use 'float32' or 'bfloat16' (or None to pick)", N, True),
-    Setting("dtype", "str", "use a dtype name vLLM knows, e.g. 'auto', 'float32' or 'bfloat16'", V),
-    Setting("gpu", "any", "give a GPU name from llmlab.plan.hardware, 'cpu', or None for this machine", S, True),
-    Setting("num_gpus", "int", "give the number of GPUs, tp x pp", S, True, low=1),
-    Setting("tp", "int", "give the tensor-parallel degree", S, True, low=1),
-    Setting("pp", "int", "give the pipeline-parallel degree", S, True, low=1),
-    Setting("tensor_parallel_size", "int", "give the tensor-parallel degree, e.g. 1", V, low=1),
-    Setting("pipeline_parallel_size", "int", "give the pipeline-parallel degree, e.g. 1", V, low=1),
-    # weights and KV precision
-    Setting("weights", "str", "leave it None for the compute dtype", N, True, choices=_native_weights),
-    Setting("weights", "str", "leave it None for the hardware's default", S, True, choices=_model_weights),
-    Setting("kv_dtype", "str", "use 'auto' to store K/V in the compute dtype", N, choices=_native_kv_dtypes),
-    Setting("kv_dtype", "str", "leave it None to follow the weights", S, True, choices=_model_kv_dtypes),
-    Setting("kv_cache_dtype", "str", "use 'auto' or a KV cache dtype vLLM knows, e.g. 'fp8'", V),
-    Setting("quantization", "str", "give a quantization method vLLM knows, or None", V, True),
-    Setting(
-        "group_size",
+    model: Any = setting(
+        None,
+        "any",
+        "the model: a name ('smollm2-135m', the embedded default), a checkpoint directory, or for the "
+        "simulator a shape name or a config dict",
+        "give a model name (e.g. 'smollm2-135m') or a local path",
+    )
+    device: Any = setting(
+        None, "torch", "'cpu' or 'cuda'; None picks the GPU if there is one", "use 'cpu' or 'cuda'", N
+    )
+    dtype: Any = setting(
+        None,
+        "torch",
+        "the compute dtype ('fp32', 'bf16', 'fp16' or torch's names); None: the engine picks "
+        "(bf16 on a GPU, the CPU's measured best on a CPU)",
+        "use 'fp32' or 'bf16' (or None to pick)",
+        NV,
+    )
+    weights: str | None = setting(
+        None,
+        "str",
+        "the weights' storage: 'fp32', 'bf16', 'fp16', 'fp8', 'int8' or 'int4'; None: the compute dtype",
+        "leave it None for the compute dtype",
+        choices=WEIGHT_DTYPES,
+    )
+    kv_dtype: str = setting(
+        "auto",
+        "str",
+        "the KV cache's dtype: 'auto' (as the compute dtype; int4 weights keep bf16) or 'fp8', 'int8', ...",
+        "use 'auto' to store K/V in the compute dtype",
+        choices=KV_DTYPES,
+    )
+    tp: int | None = setting(
+        None,
         "int",
-        "int4 groups need an even number of inputs, e.g. 128",
-        N,
-        low=2,
-        multiple_of=2,
-        doc="inputs per int4 scale group",
-    ),
+        "tensor-parallel degree; None: 1 (the simulator: num_gpus / pp)",
+        "give the tensor-parallel degree, e.g. 1",
+        low=1,
+    )
+    pp: int = setting(1, "int", "pipeline-parallel degree", "give the pipeline-parallel degree, e.g. 1", low=1)
     # the KV pool
-    Setting("block_size", "int", "give a positive number of tokens per block, e.g. 16", NS, low=1),
-    Setting("block_size", "int", "give a positive number of tokens per block, or None for vLLM's", V, True, low=1),
-    Setting("num_blocks", "int", "the KV pool needs at least one block; leave it None for a default", NS, True, low=1),
-    Setting("num_gpu_blocks_override", "int", "give a positive number of KV blocks, or None", V, True, low=1),
-    Setting("kv_cache_memory", "int", "give a positive number of bytes, e.g. 256 * 2**20", NV, True, low=1),
-    Setting(
-        "gpu_memory_utilization",
+    block_size: int | None = setting(
+        None,
+        "int",
+        "tokens per KV block; None: 16 (vLLM: its own)",
+        "give a positive number of tokens per block, e.g. 16",
+        low=1,
+    )
+    num_blocks: int | None = setting(
+        None,
+        "int",
+        "blocks in the KV pool; None: what kv_cache_memory (or the GPU) holds",
+        "the KV pool needs at least one block; leave it None for a default",
+        low=1,
+    )
+    kv_cache_memory: int | None = setting(
+        None,
+        "int",
+        "bytes for the KV pool when num_blocks is None (CPU: 256 MiB)",
+        "give a positive number of bytes, e.g. 256 * 2**20",
+        NV,
+        low=1,
+    )
+    gpu_memory_utilization: float = setting(
+        0.9,
         "number",
+        "the fraction of GPU memory for weights, activations and the KV pool",
         "give the fraction of GPU memory to use, e.g. 0.9",
         SV,
         low=0,
         high=1,
         low_open=True,
-    ),
-    Setting(
-        "watermark",
+    )
+    watermark: float = setting(
+        0.01,
         "number",
+        "the fraction of the KV pool kept free when admitting a new request while others run, so "
+        "running requests can grow without being preempted at once",
         "use a small fraction such as the default 0.01, or 0 for none",
         NS,
         low=0,
         high=1,
         high_open=True,
-        doc="the fraction of the KV pool kept free when admitting a new request while others run, "
-        "so running requests can grow without being preempted at once",
-    ),
+    )
     # batching
-    Setting("policy", "str", "see llmlab.core.policies", NS, choices=_policies),
-    Setting("max_num_seqs", "int", "give the most requests running at once, e.g. 64", low=1),
-    Setting("max_num_batched_tokens", "int", "give the token budget of a step, e.g. 512", NS, low=1),
-    Setting("max_num_batched_tokens", "int", "give the token budget of a step, or None for vLLM's", V, True, low=1),
-    Setting(
-        "max_model_len", "int", "give the longest sequence in tokens, or None for the model's", ALL_ENGINES, True, low=2
-    ),
-    Setting("enable_chunked_prefill", "bool", "give True or False"),
-    Setting("enable_prefix_caching", "bool", "give True or False"),
+    policy: str = setting(
+        "chunked",
+        "str",
+        "the batching policy: 'chunked', 'prefill_first', 'splitfuse' or 'static' (llmlab.core.policies)",
+        "see llmlab.core.policies",
+        NS,
+        choices=POLICY_NAMES,
+    )
+    max_num_seqs: int = setting(
+        64, "int", "the most requests running at once", "give the most requests running at once, e.g. 64", low=1
+    )
+    max_num_batched_tokens: int | None = setting(
+        None,
+        "int",
+        "a step's token budget; None: 512 (vLLM: its own)",
+        "give the token budget of a step, e.g. 512",
+        low=1,
+    )
+    max_model_len: int | None = setting(
+        None,
+        "int",
+        "the longest sequence, prompt plus output; None: the model's context, at most 8192",
+        "give the longest sequence in tokens, or None for the model's",
+        low=2,
+    )
+    enable_chunked_prefill: bool = setting(True, "bool", "split long prompts over steps", "give True or False")
+    enable_prefix_caching: bool = setting(True, "bool", "reuse the KV blocks of a shared prefix", "give True or False")
     # time and tracing
-    Setting("seed", "int", "give an int seed, e.g. 0", N),
-    Setting("seed", "int", "give an int seed, e.g. 0, or None", V, True),
-    Setting("trace_kv_owners", "bool", "give True or False", NV),
-    Setting("trace_kv_owners", "bool", "give True, False, or None to decide by the pool's size", S, True),
-    Setting("efficiency", "any", "give an Efficiency, or None for the defaults", S, True),
-    Setting("calibration", "any", "give a Calibration from llmlab.plan.calibrate, or None", S, True),
-    Setting("step_time", "callable", "give a callable slots -> seconds, or None for the cost model", S, True),
-    Setting("tokenizer", "any", "give a Hugging Face tokenizer, or None for the embedded SmolLM2 one", S, True),
-    Setting("fast_forward", "bool", "give True or False", S),
-    Setting("enforce_eager", "bool", "give True, False, or None for eager on CPU", V, True),
-    Setting("engine_args", "dict", "give a dict of extra vllm.LLM arguments, or None", V, True),
-)
+    seed: int | None = setting(0, "int", "the sampling seed", "give an int seed, e.g. 0", NV, optional=True)
+    trace_kv_owners: bool | None = setting(
+        None,
+        "bool",
+        "record which request holds each KV block at every step; None: yes (the simulator: for "
+        "pools up to 4096 blocks)",
+        "give True, False, or None",
+    )
+    # one engine's own
+    group_size: int = setting(
+        INT4_GROUP_SIZE,
+        "int",
+        "inputs per int4 scale group (native)",
+        "int4 groups need an even number of inputs, e.g. 128",
+        N,
+        low=2,
+        multiple_of=2,
+    )
+    gpu: Any = setting(
+        None,
+        "any",
+        "the simulated GPU, a name from llmlab.plan.hardware; None: this machine's CPU",
+        "give a GPU name from llmlab.plan.hardware, 'cpu', or None for this machine",
+        S,
+    )
+    num_gpus: int | None = setting(
+        None, "int", "the simulated GPUs, tp x pp", "give the number of GPUs, tp x pp", S, low=1
+    )
+    efficiency: Any = setting(
+        None,
+        "any",
+        "the cost model's efficiencies (llmlab.plan.cost.Efficiency)",
+        "give an Efficiency, or None for the defaults",
+        S,
+    )
+    calibration: Any = setting(
+        None,
+        "any",
+        "a fitted calibration (llmlab.plan.calibrate) for the cost model",
+        "give a Calibration from llmlab.plan.calibrate, or None",
+        S,
+    )
+    step_time: Any = setting(
+        None,
+        "callable",
+        "a callable slots -> seconds replacing the cost model",
+        "give a callable slots -> seconds, or None for the cost model",
+        S,
+    )
+    tokenizer: Any = setting(
+        None,
+        "any",
+        "the simulator's token counter; None: the embedded SmolLM2 tokenizer",
+        "give a Hugging Face tokenizer, or None for the embedded SmolLM2 one",
+        S,
+    )
+    fast_forward: bool = setting(
+        True, "bool", "compute steady decode stretches in one go (same trace, faster)", "give True or False", S
+    )
+    enforce_eager: bool | None = setting(
+        None,
+        "bool",
+        "vLLM without compiled graphs; None: eager on a CPU",
+        "give True, False, or None for eager on CPU",
+        V,
+    )
+    engine_args: dict | None = setting(
+        None,
+        "dict",
+        "extra vllm.LLM arguments, passed as they are",
+        "give a dict of extra vllm.LLM arguments, or None",
+        V,
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("dtype", "weights", "kv_dtype") and (
+                isinstance(value, str) or type(value).__module__ == "torch"
+            ):
+                value = dtype_name(value)  # one vocabulary: 'bfloat16' and torch.bfloat16 are 'bf16'
+            value = SPECS[f.name].check(value)
+            if f.name == "dtype" and value is not None and value not in COMPUTE_DTYPES:
+                raise ValueError(f"dtype={value!r} is unknown: use one of {list(COMPUTE_DTYPES)} (or None to pick)")
+            setattr(self, f.name, value)
+        if self.efficiency is not None and self.calibration is not None:
+            raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
+
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from their defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) is not f.default and getattr(self, f.name) != f.default
+        }
+
+    def for_engine(self, engine: str) -> EngineConfig:
+        """This config as `engine` takes it: a setting it cannot honour is refused, naming the nearest
+        setting it has; the settings left None get that engine's default."""
+        if engine not in ALL_ENGINES:
+            raise ValueError(f"engine={engine!r} is unknown: choose one of {list(ALL_ENGINES)}")
+        for name in self.changed():
+            if engine not in SPECS[name].engines:
+                raise ValueError(f"the {engine} engine has no setting {name}: {nearest(engine, name)}")
+        defaults = {k: v for k, v in ENGINE_DEFAULTS[engine].items() if getattr(self, k) is None}
+        return replace(self, **defaults)
+
+
+SPECS: dict[str, Setting] = {
+    f.name: replace(f.metadata["spec"], name=f.name)
+    for f in fields(EngineConfig)  # type: ignore[arg-type]
+}
+# defaults that differ by engine: where EngineConfig says None, "the engine's own"
+ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "native": {"tp": 1, "block_size": 16, "max_num_batched_tokens": 512, "trace_kv_owners": True},
+    "sim": {"block_size": 16, "max_num_batched_tokens": 512},
+    "vllm": {"tp": 1, "trace_kv_owners": True},
+}
+# other projects' names for our settings: an error names ours
+ALIASES = {
+    "kv_cache_dtype": "kv_dtype",
+    "cache_dtype": "kv_dtype",
+    "quantization": "weights",
+    "tensor_parallel_size": "tp",
+    "pipeline_parallel_size": "pp",
+    "num_gpu_blocks_override": "num_blocks",
+    "max_batch_size": "max_num_seqs",
+    "max_num_tokens": "max_num_batched_tokens",
+    "tokens_per_block": "block_size",
+}
+
+
+def nearest(engine: str | None, name: str) -> str:
+    """The fix for a setting `engine` does not take: the setting it has under that name's meaning, or the
+    closest spelling, and the list of its settings."""
+    have = list(settings_for(engine))
+    ours = ALIASES.get(name)
+    if ours in have:
+        return f"llmlab calls it {ours}=...; its settings are {', '.join(have)}"
+    close = difflib.get_close_matches(name, have, n=1)
+    if close:
+        return f"did you mean {close[0]}? Its settings are {', '.join(have)}"
+    if name in SPECS:
+        takers = " and ".join(SPECS[name].engines)
+        return (
+            f"{name} is a setting of the {takers} engine{'s' if len(SPECS[name].engines) > 1 else ''}; "
+            f"this one's are {', '.join(have)}"
+        )
+    return f"its settings are {', '.join(have)}"
+
+
+def launch_signature() -> inspect.Signature:
+    """The signature `llmlab.launch` shows (help, tab completion): the engine, then every setting."""
+    engine = inspect.Parameter("engine", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="native", annotation=str)
+    params = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in fields(EngineConfig)
+    ]
+    return inspect.Signature([engine, *params])
+
+
+def settings_doc() -> str:
+    """One line per setting: its name, default, the engines that take it, and what it means."""
+    lines = []
+    for name, spec in SPECS.items():
+        who = "" if spec.engines == ALL_ENGINES else f" [{', '.join(spec.engines)}]"
+        default = next(f.default for f in fields(EngineConfig) if f.name == name)
+        lines.append(f"    {name}={default!r}{who}: {spec.doc}")
+    return "\n".join(lines)
+
 
 REQUEST_PARAMS: tuple[Setting, ...] = (
     Setting("max_tokens", "int", "give the number of output tokens as an int >= 1, e.g. max_tokens=32", low=1),
@@ -318,24 +541,19 @@ _REQUEST = {s.name: s for s in REQUEST_PARAMS}
 
 
 def settings_for(engine: str | None) -> dict[str, Setting]:
-    """The specs `engine` takes, by name; None: the first spec of each name (the shared one)."""
-    table: dict[str, Setting] = {}
-    for s in SETTINGS:
-        if (engine is None or engine in s.engines) and s.name not in table:
-            table[s.name] = s
-    return table
+    """The specs of the settings `engine` takes, by name (None: every setting)."""
+    return {name: spec for name, spec in SPECS.items() if engine is None or engine in spec.engines}
 
 
 def check_settings(engine: str | None, settings: Mapping[str, Any]) -> None:
-    """Check launch settings for `engine` ("native", "sim", "vllm"; None for the shared specs)
-    before any work: unknown names and bad values raise ValueError, wrong types SettingTypeError."""
+    """Check launch settings for `engine` ("native", "sim", "vllm"; None for any) before any work:
+    unknown names and bad values raise ValueError, wrong types SettingTypeError."""
     if engine is not None and engine not in ALL_ENGINES:
         raise ValueError(f"engine={engine!r} is unknown: choose one of {list(ALL_ENGINES)}")
     table = settings_for(engine)
-    unknown = sorted(set(settings) - set(table))
-    if unknown:
-        raise ValueError(f"the {engine} engine has no knob {', '.join(unknown)}: its knobs are {', '.join(table)}")
     for name, value in settings.items():
+        if name not in table:
+            raise ValueError(f"the {engine or 'llmlab'} engine has no setting {name}: {nearest(engine, name)}")
         table[name].check(value)
 
 

@@ -49,7 +49,7 @@ def assert_clean(eng, run) -> None:
     assert not llmlab_threads()
     assert not eng.has_unfinished() and not eng.requests
     assert eng.blocks.num_used == 0 and eng.blocks.num_free == eng.blocks.num_blocks
-    assert not eng._busy.locked() and eng._run is None
+    assert not eng.core.busy.locked() and eng._session is None
     for r in run.trace.request_records.values():  # every request that started has ended: done or aborted
         assert r.finish_reason is not None, r
         assert (r.finish_reason == "abort") == (r.req_id not in run.outputs)
@@ -166,7 +166,7 @@ def test_native_stop_mid_run(native, reference):
 
 @pytest.mark.parametrize("where", ["step", "forward"])
 def test_native_ctrl_c_during_a_blocking_run(native, reference, monkeypatch, where):
-    target = native if where == "step" else native.runner
+    target = native.core if where == "step" else native.runner
     name = "step" if where == "step" else "execute"
     monkeypatch.setattr(target, name, step_counter(getattr(target, name), 4, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):

@@ -11,7 +11,7 @@ import pytest
 
 import llmlab
 from llmlab import workloads
-from llmlab.config import ALL_ENGINES, SettingTypeError, check_settings, settings_for
+from llmlab.config import ALL_ENGINES, SPECS, EngineConfig, SettingTypeError, check_settings, settings_for
 from llmlab.core.request import SamplingParams
 from llmlab.engines.native import NativeEngine
 from llmlab.engines.sim import SimEngine
@@ -25,7 +25,7 @@ NAN, INF = float("nan"), float("inf")
 BAD = [
     (ALL_ENGINES, "block_size", True, TypeError),  # bool is not an int (it was taken as 1)
     (("native", "sim"), "num_blocks", 2.5, TypeError),  # a TypeError only after loading, before
-    (("vllm",), "num_gpu_blocks_override", 2.5, TypeError),
+    (("vllm",), "num_blocks", 2.5, TypeError),
     (ALL_ENGINES, "max_num_seqs", "4", TypeError),
     (ALL_ENGINES, "max_num_seqs", 2.5, TypeError),
     (ALL_ENGINES, "max_num_seqs", 0, ValueError),
@@ -48,7 +48,7 @@ BAD = [
     (("sim",), "num_gpus", 0, ValueError),
     (("native",), "group_size", 7, ValueError),
     (("native",), "seed", 1.5, TypeError),
-    (("vllm",), "tensor_parallel_size", 0, ValueError),
+    (ALL_ENGINES, "tp", 0, ValueError),
 ]
 CASES = [(e, name, value, err) for engines, name, value, err in BAD for e in engines]
 
@@ -75,7 +75,7 @@ def refused(make, err: type[Exception], name: str, value) -> str:
 def test_bad_setting_refused_by_launch_and_by_the_constructor(case):
     engine, name, value, err = case
     refused(lambda: llmlab.launch(engine, **{name: value}), err, name, value)
-    refused(lambda: CLASSES[engine](**{name: value}), err, name, value)
+    refused(lambda: CLASSES[engine](EngineConfig(**{name: value})), err, name, value)
 
 
 def test_type_errors_are_value_errors_too():
@@ -96,20 +96,75 @@ def test_watermark_leaving_no_room_for_a_second_request(smollm2_path):
     assert time.perf_counter() - t0 < 1.0  # before the weights load
 
 
-def test_unknown_knob_and_engine():
-    with pytest.raises(ValueError, match="no knob block_sise"):
+def test_unknown_setting_and_engine():
+    with pytest.raises(ValueError, match="no setting block_sise: did you mean block_size"):
         llmlab.launch("native", block_sise=16)
-    with pytest.raises(ValueError, match="no knob watermark"):
+    with pytest.raises(
+        ValueError, match="the vllm engine has no setting watermark: watermark is a setting of the native"
+    ):
         llmlab.launch("vllm", watermark=0.01)
     with pytest.raises(ValueError, match="engine='warp' is unknown"):
         llmlab.launch("warp")
 
 
+@pytest.mark.parametrize(
+    ("foreign", "ours"),
+    [
+        ("kv_cache_dtype", "kv_dtype"),
+        ("quantization", "weights"),
+        ("tensor_parallel_size", "tp"),
+        ("pipeline_parallel_size", "pp"),
+        ("num_gpu_blocks_override", "num_blocks"),
+    ],
+)
 @pytest.mark.parametrize("engine", ALL_ENGINES)
-def test_table_matches_each_engine_signature_and_defaults_pass(engine):
-    params = inspect.signature(CLASSES[engine]).parameters
-    assert set(settings_for(engine)) == set(params)
-    check_settings(engine, {k: p.default for k, p in params.items()})
+def test_other_projects_names_point_at_ours(engine, foreign, ours):
+    # one vocabulary for every engine: vLLM's names are translated inside the vllm engine, not taken at launch
+    with pytest.raises(ValueError, match=rf"the {engine} engine has no setting {foreign}: llmlab calls it {ours}="):
+        llmlab.launch(engine, **{foreign: 1})
+
+
+def test_dtype_names_are_one_vocabulary():
+    torch = pytest.importorskip("torch")
+    for given in ("bfloat16", "bf16", torch.bfloat16):
+        assert EngineConfig(dtype=given).dtype == "bf16"
+    assert EngineConfig(weights="float32", kv_dtype="float16").weights == "fp32"
+    assert EngineConfig(kv_dtype="float16").kv_dtype == "fp16"
+    with pytest.raises(ValueError, match=r"kv_dtype='int4' is unknown"):
+        EngineConfig(kv_dtype="int4")
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings", "says"),
+    [
+        ("native", {"tp": 2}, "runs on one device"),
+        ("vllm", {"kv_dtype": "int8"}, "the vllm engine stores K/V as one of"),
+        ("vllm", {"weights": "int4"}, "pre-quantized checkpoint"),
+        ("native", {"kv_dtype": "fp16", "dtype": "fp32"}, "the native engine stores K/V as one of"),
+    ],
+)
+def test_a_value_an_engine_cannot_honour_is_refused_before_loading(engine, settings, says):
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=says):
+        llmlab.launch(engine, **settings)
+    assert time.perf_counter() - t0 < 5.0  # before the weights load
+
+
+def test_launch_shows_every_setting():
+    params = inspect.signature(llmlab.launch).parameters
+    assert list(params) == ["engine", *SPECS]
+    for name in SPECS:
+        assert f"    {name}=" in llmlab.launch.__doc__  # help(llmlab.launch) lists it with its meaning
+        assert SPECS[name].doc
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_defaults_pass_and_each_engine_fills_its_own(engine):
+    config = EngineConfig().for_engine(engine)
+    check_settings(engine, {k: getattr(config, k) for k in settings_for(engine)})
+    assert all(engine in SPECS[k].engines for k in settings_for(engine))
 
 
 def test_numpy_numbers_are_accepted():

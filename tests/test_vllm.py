@@ -165,7 +165,7 @@ def test_tiny_pool_preempts_and_recomputes(engine):
         dtype="float32",
         block_size=32,
         max_model_len=160,
-        num_gpu_blocks_override=6,
+        num_blocks=6,
         enable_prefix_caching=False,
     )
     try:

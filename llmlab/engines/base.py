@@ -1,4 +1,4 @@
-"""What every engine offers: add requests, step, abort; and the shared `generate` and `run`."""
+"""The step contract every engine core implements (`EngineCore`) and what one step returns (`EngineStep`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, StepRecord
 from llmlab.core.request import SamplingParams
-
-if TYPE_CHECKING:
-    from llmlab.session.run import Run
-    from llmlab.workloads import WorkItem, Workload
+from llmlab.workloads import WorkItem, prompt_token_ids
 
 
 def release_memory(collect: bool = True) -> None:
@@ -45,8 +42,13 @@ class EngineStep:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class Engine:
-    """Base class of all engines. Subclasses implement `add_request`, `step`, `abort`, `has_unfinished`."""
+class EngineCore:
+    """The step contract every engine implements: add requests, step, abort, say whether work is
+    left, and tell the time. `llmlab.launch` wraps a core in the user's `Engine` (llmlab.session),
+    which runs workloads on it; a core knows nothing of sessions or runs.
+
+    Subclasses implement `add_request`, `step`, `abort`, `has_unfinished`; the simulator also
+    `now` and `advance_to` (a virtual clock)."""
 
     name = "engine"
     virtual_clock = False  # True for the simulator: `now` is simulated time
@@ -55,11 +57,8 @@ class Engine:
     tokenizer: Any
 
     def __init__(self) -> None:
-        self._busy = threading.Lock()
-        self._closed = False
-        self._run: Run | None = None  # the run in flight, so that close() can stop it first
-        self._driver: threading.Thread | None = None  # the thread driving it
-        self.last_run: Run | None = None  # the latest run, reachable after a Ctrl-C interrupted it
+        self.busy = threading.Lock()  # held while a run or a scoring pass uses the core
+        self.closed = False
 
     # the per-engine part -----------------------------------------------------------------
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -109,17 +108,22 @@ class Engine:
         """Move a virtual clock forward while idle; real engines sleep instead."""
 
     def close(self) -> None:
-        """Stop a run in flight first (it ends "stopped", its requests aborted and their KV blocks
-        freed), then mark the engine closed; engines free their memory after calling this."""
-        self._closed = True
-        run, driver = self._run, self._driver
-        if run is None:
-            return
-        run.stop()
-        if threading.current_thread() is not driver:  # not from the run itself (e.g. a subscriber)
-            run.wait()
-            if run._thread is not None:
-                run._thread.join()
+        """Mark the core closed; engines free their weights and KV pool after calling this."""
+        self.closed = True
+
+    def memory(self) -> dict[str, Any]:
+        """What the engine holds, from its config: KV bytes per block, blocks, tokens per block and
+        KV tokens, weights and KV dtypes. Engines that can count their tensors add weight bytes."""
+        cfg = self.info.config
+        size, blocks = cfg.get("block_size"), cfg.get("num_blocks")
+        return {
+            "weights": cfg.get("weights"),
+            "kv_dtype": cfg.get("kv_dtype"),
+            "kv_bytes_per_block": cfg.get("kv_bytes_per_block"),
+            "num_blocks": blocks,
+            "block_size": size,
+            "kv_tokens": blocks * size if blocks and size else None,
+        }
 
     @property
     def max_model_len(self) -> int | None:
@@ -143,63 +147,7 @@ class Engine:
 
     def encode(self, item: WorkItem) -> list[int]:
         """The prompt's token ids; a corpus window longer than max_model_len is refused before it is built."""
-        from llmlab.workloads import prompt_token_ids
-
         return prompt_token_ids(item, self.tokenizer, limit=self.max_model_len)
-
-    def run(self, workload: Workload, live: bool = False) -> Run:
-        """Send `workload`; returns a finished `Run`, or at once with `live=True` (then `run.wait()`)."""
-        from llmlab.session.driver import Session
-
-        if self._closed:
-            raise ValueError(f"the {self.name} engine is closed: launch a new one with llmlab.launch({self.name!r})")
-        if self._busy.locked():
-            raise ValueError(
-                f"the {self.name} engine is busy with a live run: call run.wait() or run.stop() on it first"
-            )
-        return Session(self, workload).start(live=live)
-
-    def generate(
-        self,
-        prompts: str | list[str] | list[list[int]],
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        chat: bool = False,
-        ignore_eos: bool = False,
-    ) -> list[Completion]:
-        """Complete each prompt (text or token ids); returns completions in prompt order."""
-        from llmlab import workloads
-
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        wl = workloads.fixed(
-            prompts,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-            chat=chat,
-            ignore_eos=ignore_eos,
-        )
-        run = self.run(wl)
-        if run.error is not None:
-            raise run.error
-        for item in wl:
-            if run.outputs[item.req_id].finish_reason == "error":
-                raise RuntimeError(f"request {item.req_id!r} failed: {run.trace.request_records[item.req_id].error}")
-        return [run.outputs[item.req_id] for item in wl]
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         info = getattr(self, "info", None)

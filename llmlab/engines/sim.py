@@ -15,12 +15,12 @@ from functools import cache
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from llmlab.config import check_settings, check_watermark
+from llmlab.config import DEFAULT_MAX_MODEL_LEN, VERSION, EngineConfig, check_watermark, default_max_model_len
 from llmlab.core.blocks import BlockManager, CommitPlan
 from llmlab.core.records import Completion, DecodeRun, EngineInfo, Slot
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Batch, ScheduledRequest, Scheduler, SchedulerConfig, phase_of
-from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.base import EngineCore, EngineStep
 from llmlab.plan.cost import step_load
 from llmlab.plan.memory import parallel_sizes
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 StepTime = Callable[[list[Slot]], float]
 PLACEHOLDER_TOKEN = 0
-DEFAULT_MAX_MODEL_LEN = 8192
 OWNERS_AUTO_LIMIT = 4096  # record KV owners every step for pools up to this many blocks
 MAX_DECODE_RUN = 4096  # about the most steps one DecodeRun covers (a live view sees each run at its end)
 
@@ -70,7 +69,7 @@ class ReplayStepTimes:
         return self.durations[i]
 
 
-class SimEngine(Engine):
+class SimEngine(EngineCore):
     """Predicts a serving run: real scheduling, modelled step times, simulated seconds.
 
     `model` is a shape name, a local path or a config dict (see `llmlab.models.shapes.get_shape`),
@@ -94,39 +93,18 @@ class SimEngine(Engine):
     name = "sim"
     virtual_clock = True
 
-    def __init__(
-        self,
-        model: Any = "smollm2-135m",
-        gpu: str | None = None,
-        num_gpus: int | None = None,
-        tp: int | None = None,
-        pp: int = 1,
-        weights: str | None = None,
-        kv_dtype: str | None = None,
-        policy: str = "chunked",
-        block_size: int = 16,
-        num_blocks: int | None = None,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int = 512,
-        enable_chunked_prefill: bool = True,
-        enable_prefix_caching: bool = True,
-        max_model_len: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        efficiency: Any = None,
-        calibration: Any = None,
-        step_time: StepTime | None = None,
-        trace_kv_owners: bool | None = None,
-        watermark: float = 0.01,
-        tokenizer: Any = None,
-        fast_forward: bool = True,
-    ) -> None:
-        # every knob's type and range first, so a bad one fails before any model or plan is built
-        check_settings("sim", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        c = (config or EngineConfig()).for_engine("sim")  # checked: a bad setting fails before any plan is built
         super().__init__()
-        from llmlab import __version__
-
-        if efficiency is not None and calibration is not None:
-            raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
+        model, gpu, num_gpus, tp, pp, weights = c.model or "smollm2-135m", c.gpu, c.num_gpus, c.tp, c.pp, c.weights
+        kv_dtype = None if c.kv_dtype == "auto" else c.kv_dtype
+        policy, block_size, num_blocks, max_num_seqs = c.policy, c.block_size, c.num_blocks, c.max_num_seqs
+        max_num_batched_tokens, max_model_len = c.max_num_batched_tokens, c.max_model_len
+        enable_chunked_prefill, enable_prefix_caching = c.enable_chunked_prefill, c.enable_prefix_caching
+        gpu_memory_utilization, watermark, step_time = c.gpu_memory_utilization, c.watermark, c.step_time
+        efficiency, calibration, trace_kv_owners = c.efficiency, c.calibration, c.trace_kv_owners
+        tokenizer = c.tokenizer
+        fast_forward = c.fast_forward
         tp, pp = parallel_sizes(num_gpus, tp, pp)
         self._tokenizer = tokenizer
         self.clock = 0.0
@@ -149,9 +127,7 @@ class SimEngine(Engine):
         kv_dtype = kv_dtype or ("bf16" if weights == "int4" else weights)  # no int4 KV cache: int4 models keep bf16
         ctx = getattr(shape, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
         if max_model_len is None:
-            max_model_len = min(ctx, DEFAULT_MAX_MODEL_LEN)
-            if not enable_chunked_prefill and policy not in ("static", "splitfuse"):
-                max_model_len = min(max_model_len, max_num_batched_tokens)
+            max_model_len = default_max_model_len(ctx, max_num_batched_tokens, enable_chunked_prefill, policy)
         elif shape is not None and max_model_len > ctx:
             raise ValueError(
                 f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
@@ -201,7 +177,7 @@ class SimEngine(Engine):
         else:
             self.cost_model = None
         self.step_time = step_time
-        self.shape, self.hardware, self.memory = shape, hw, plan
+        self.shape, self.hardware, self.memory_plan = shape, hw, plan
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
         self.scheduler = Scheduler(sched_cfg, self.blocks)
         self.trace_kv_owners = num_blocks <= OWNERS_AUTO_LIMIT if trace_kv_owners is None else bool(trace_kv_owners)
@@ -210,7 +186,7 @@ class SimEngine(Engine):
         device = gpu_name if tp * pp == 1 else f"{tp * pp} x {gpu_name}"
         self.info = EngineInfo(
             engine="sim",
-            version=__version__,
+            version=VERSION,
             model=model_name,
             device=device,
             dtype=weights,

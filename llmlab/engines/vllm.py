@@ -12,13 +12,13 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from llmlab.config import check_settings
+from llmlab.config import EngineConfig
 from llmlab.core.records import Completion, EngineInfo, KVSnapshot, Slot, StepRecord
 from llmlab.core.request import SamplingParams
-from llmlab.engines.base import Engine, EngineStep, release_memory
+from llmlab.engines.base import EngineCore, EngineStep, release_memory
+from llmlab.models import load_tokenizer, resolve
 
 SUPPORTED_VERSIONS = ("0.32.", "0.33.")
 """vLLM releases whose scheduler internals this adapter reads (0.32 verified on CPU)."""
@@ -70,76 +70,87 @@ def _import_vllm():
     return vllm
 
 
-class VLLMEngine(Engine):
+# llmlab's setting -> vLLM's name for it (the rest keep their names); the one translation table
+VLLM_NAMES = {
+    "kv_dtype": "kv_cache_dtype",
+    "weights": "quantization",
+    "tp": "tensor_parallel_size",
+    "pp": "pipeline_parallel_size",
+    "num_blocks": "num_gpu_blocks_override",
+    "kv_cache_memory": "kv_cache_memory_bytes",
+}
+VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+VLLM_KV_DTYPES = {"auto": "auto", "fp8": "fp8"}  # vLLM's other KV dtypes go through engine_args
+VLLM_WEIGHTS = {"fp8": "fp8"}  # online quantization; fp32/bf16/fp16 weights are the dtype
+PASSED = (
+    "max_model_len",
+    "block_size",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "seed",
+)
+
+
+def vllm_args(c: EngineConfig, on_cpu: bool) -> dict[str, Any]:
+    """`vllm.LLM`'s arguments for a config, in vLLM's names; a value vLLM cannot take here is refused."""
+    args: dict[str, Any] = {name: getattr(c, name) for name in PASSED}
+    dtype = c.dtype or "auto"
+    if c.weights in VLLM_DTYPES:  # unquantized weights are stored in the compute dtype
+        if c.dtype not in (None, "auto", c.weights):
+            raise ValueError(f"weights={c.weights!r} with dtype={c.dtype!r}: vLLM computes in the weights' dtype")
+        dtype = c.weights
+    elif c.weights is not None and c.weights not in VLLM_WEIGHTS:
+        raise ValueError(
+            f"weights={c.weights!r}: the vllm engine quantizes weights online only to {list(VLLM_WEIGHTS)}; "
+            "for int8/int4 load a pre-quantized checkpoint (AWQ, GPTQ) as model=..."
+        )
+    if c.kv_dtype not in VLLM_KV_DTYPES:
+        raise ValueError(f"kv_dtype={c.kv_dtype!r}: the vllm engine stores K/V as one of {list(VLLM_KV_DTYPES)}")
+    args["dtype"] = VLLM_DTYPES[dtype]
+    ours = {
+        "kv_dtype": VLLM_KV_DTYPES[c.kv_dtype],
+        "weights": VLLM_WEIGHTS.get(c.weights or ""),
+        "tp": c.tp,
+        "pp": c.pp,
+        "num_blocks": c.num_blocks,
+    }
+    args.update({VLLM_NAMES[k]: v for k, v in ours.items()})
+    # compiling takes about a minute on a CPU; eager starts in seconds
+    args["enforce_eager"] = on_cpu if c.enforce_eager is None else c.enforce_eager
+    args["async_scheduling"] = False
+    args["disable_log_stats"] = False
+    if c.kv_cache_memory is not None or (on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+        args[VLLM_NAMES["kv_cache_memory"]] = c.kv_cache_memory or DEFAULT_KV_MEMORY_CPU
+    return {k: v for k, v in args.items() if v is not None} | dict(c.engine_args or {})
+
+
+class VLLMEngine(EngineCore):
     """vLLM's own scheduler, KV cache manager and model runner, traced step by step."""
 
     name = "vllm"
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        block_size: int | None = None,
-        kv_cache_memory: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        num_gpu_blocks_override: int | None = None,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int | None = None,
-        enable_chunked_prefill: bool = True,
-        enable_prefix_caching: bool = True,
-        kv_cache_dtype: str = "auto",
-        quantization: str | None = None,
-        tensor_parallel_size: int = 1,
-        pipeline_parallel_size: int = 1,
-        enforce_eager: bool | None = None,
-        seed: int = 0,
-        trace_kv_owners: bool = True,
-        engine_args: dict[str, Any] | None = None,
-    ) -> None:
-        # every knob's type and range first, so a bad one fails before vLLM starts
-        check_settings("vllm", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        c = (config or EngineConfig()).for_engine("vllm")  # checked: a bad setting fails before vLLM starts
         super().__init__()
         import torch
 
-        from llmlab.models import load_tokenizer, resolve
-
         on_cpu = not torch.cuda.is_available()
-        if on_cpu and block_size is not None and block_size % CPU_BLOCK_MULTIPLE:
+        if on_cpu and c.block_size is not None and c.block_size % CPU_BLOCK_MULTIPLE:
             raise ValueError(
-                f"block_size={block_size}: vLLM's CPU attention needs a multiple of {CPU_BLOCK_MULTIPLE} "
+                f"block_size={c.block_size}: vLLM's CPU attention needs a multiple of {CPU_BLOCK_MULTIPLE} "
                 f"(e.g. {CPU_BLOCK_MULTIPLE} or 128)"
             )
-        spec = resolve(model)
+        args = vllm_args(c, on_cpu)
+        spec = resolve(c.model)
+        args["model"] = args["tokenizer"] = str(spec.path)
         vllm = _import_vllm()
         threads = torch.get_num_threads()
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it process-wide
-
-        args: dict[str, Any] = {
-            "model": str(spec.path),
-            "tokenizer": str(spec.path),
-            "dtype": dtype,
-            "max_model_len": max_model_len,
-            "block_size": block_size,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "num_gpu_blocks_override": num_gpu_blocks_override,
-            "max_num_seqs": max_num_seqs,
-            "max_num_batched_tokens": max_num_batched_tokens,
-            "enable_chunked_prefill": enable_chunked_prefill,
-            "enable_prefix_caching": enable_prefix_caching,
-            "kv_cache_dtype": kv_cache_dtype,
-            "quantization": quantization,
-            "tensor_parallel_size": tensor_parallel_size,
-            "pipeline_parallel_size": pipeline_parallel_size,
-            # compiling takes about a minute on a CPU; eager starts in seconds
-            "enforce_eager": on_cpu if enforce_eager is None else enforce_eager,
-            "seed": seed,
-            "async_scheduling": False,
-            "disable_log_stats": False,
-        }
-        if kv_cache_memory is not None or (on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
-            args["kv_cache_memory_bytes"] = kv_cache_memory or DEFAULT_KV_MEMORY_CPU
-        args = {k: v for k, v in args.items() if v is not None} | dict(engine_args or {})
+        tensor_parallel_size, pipeline_parallel_size = c.tp, c.pp
+        quantization, seed, trace_kv_owners = args.get("quantization"), c.seed, c.trace_kv_owners
         try:
             self.llm = vllm.LLM(**args)
         except Exception as exc:
@@ -178,6 +189,9 @@ class VLLMEngine(Engine):
                 "block_size": cc.block_size,
                 "num_blocks": num_blocks,
                 "kv_cache_bytes": cc.kv_cache_memory_bytes,
+                "kv_bytes_per_block": cc.kv_cache_memory_bytes // num_blocks
+                if cc.kv_cache_memory_bytes and num_blocks
+                else None,
                 "max_num_seqs": sc.max_num_seqs,
                 "max_num_batched_tokens": sc.max_num_batched_tokens,
                 "max_model_len": mc.max_model_len,
@@ -400,9 +414,9 @@ class VLLMEngine(Engine):
         )
 
     def close(self) -> None:
-        """Stop a run in flight (see `Engine.close`), then shut vLLM's engine core down and free its
-        weights and KV cache; a new launch works afterwards."""
-        if self._closed:
+        """Shut vLLM's engine core down and free its weights and KV cache (the user's `Engine.close`
+        stops a run in flight first); a new launch works afterwards."""
+        if self.closed:
             return
         super().close()
         try:

@@ -101,8 +101,8 @@ def compare(
     `quality_prompts` / `heldout_tokens` / `answer_tokens` cut the quality set (first N prompts,
     first N held-out tokens, length of the greedy answers) for quick looks; defaults use all of it.
     """
-    from llmlab.engines import launch
     from llmlab.measure import quality as q
+    from llmlab.session.engine import launch
 
     points = grid_points(grid)
     workload = workload or default_workload()

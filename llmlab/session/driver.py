@@ -7,9 +7,10 @@ import gc
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from llmlab.core.records import Completion, DecodeRun, RequestRecord
-from llmlab.engines.base import Engine, EngineStep
+from llmlab.engines.base import EngineCore, EngineStep
 from llmlab.session.run import Run
 from llmlab.session.trace import Trace
 from llmlab.workloads import WorkItem, Workload
@@ -20,9 +21,11 @@ IDLE_POLL_S = 0.02
 class Session:
     """Feeds a workload's requests to an engine as they arrive and records what happens."""
 
-    def __init__(self, engine: Engine, workload: Workload) -> None:
+    def __init__(self, engine: EngineCore, workload: Workload, on_end: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.workload = workload
+        self.on_end = on_end  # told when the run ends, whatever happened (the user's Engine frees the core)
+        self.driver: threading.Thread | None = None  # the thread driving the run, once started
         # validate and tokenize everything up front: a bad request fails before anything runs
         self.prepared: list[tuple[WorkItem, list[int], object]] = []
         seen: set[str] = set()
@@ -39,22 +42,19 @@ class Session:
         self.run = Run(Trace(engine.info), total=len(self.prepared))
 
     def start(self, live: bool) -> Run:
-        engine, run = self.engine, self.run
-        if not engine._busy.acquire(blocking=False):
-            raise ValueError(
-                f"the {engine.name} engine is busy with a live run: call run.wait() or run.stop() on it first"
-            )
-        # the engine knows its run in flight, so close() can stop it (and wait) before freeing memory
-        engine._run, engine.last_run = run, run
+        """Drive the run, in a background thread when `live` (`driver` is the thread that drives it).
+        The caller holds the engine's `busy` lock; `on_end` is told when the run ends."""
+        run = self.run
         run.status = "running"
         run._done.clear()
-        if live:
-            run._thread = threading.Thread(target=self._drive, name=f"llmlab-{engine.name}-run", daemon=True)
-            engine._driver = run._thread
-            run._thread.start()
-        else:
-            engine._driver = threading.current_thread()
+        if not live:
+            self.driver = threading.current_thread()
             self._drive()  # Ctrl-C: the run ends "stopped" (run.error the KeyboardInterrupt), then it re-raises
+            return run
+        self.driver = run._thread = threading.Thread(
+            target=self._drive, name=f"llmlab-{self.engine.name}-run", daemon=True
+        )
+        run._thread.start()
         return run
 
     def _drive(self) -> None:
@@ -171,8 +171,8 @@ class Session:
                 if r is not None and r.finish_reason is None:
                     r.finish_reason = "abort"
         finally:
-            engine._run = engine._driver = None
-            engine._busy.release()
+            if self.on_end is not None:
+                self.on_end()
             run._done.set()
 
     def _record_decode_run(

@@ -7,21 +7,23 @@ from pathlib import Path
 
 import torch
 
-from llmlab.config import check_settings, check_watermark
+from llmlab.config import VERSION, EngineConfig, check_watermark, default_max_model_len, dtype_name
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
-from llmlab.engines.base import Engine, EngineStep, release_memory
+from llmlab.engines.base import EngineCore, EngineStep, release_memory
 from llmlab.engines.native import cpu_dtype
+from llmlab.engines.native.kv_cache import KV_DTYPES
 from llmlab.engines.native.memory import kv_pool_bytes, weight_bytes
-from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES
+from llmlab.engines.native.quant import STORAGE_DTYPES, WEIGHT_FORMATS
 from llmlab.engines.native.runner import ModelRunner
+from llmlab.models import load_tokenizer, resolve
+from llmlab.models.resolve import check_architecture
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the compute dtypes the native engine runs
 WEIGHT_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}  # `weights` when not given: the compute dtype
 DEFAULT_KV_MEMORY_CPU = 256 * 2**20
-DEFAULT_MAX_MODEL_LEN = 8192
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -37,17 +39,17 @@ def pick_device(device: str | None) -> torch.device:
 def default_cpu_dtype() -> torch.dtype:
     """float32, or bfloat16 where the CPU computes it natively and a one-time probe measured it
     faster (see cpu_dtype.py); `LLMLAB_CPU_DTYPE` overrides the choice."""
-    return DTYPES[cpu_dtype.choose().dtype]
+    return DTYPES[dtype_name(cpu_dtype.choose().dtype)]
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
+    """The compute dtype: a name in llmlab's vocabulary ('fp32', 'bf16', or torch's names), or None to pick."""
+    name = dtype_name(dtype)
+    if name in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else default_cpu_dtype()
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not supported by the native engine: use 'float32' or 'bfloat16'")
+    if name in DTYPES:
+        return DTYPES[name]
+    raise ValueError(f"dtype={dtype!r} is not supported by the native engine: use 'fp32' or 'bf16'")
 
 
 def eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
@@ -62,86 +64,76 @@ def eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-class NativeEngine(Engine):
+class NativeEngine(EngineCore):
     """Paged KV cache, continuous batching and the four core policies, on CPU or CUDA.
 
-    Every knob is checked against `llmlab.config` before anything loads. `watermark` is the
+    Every setting is checked against `llmlab.config.EngineConfig` before anything loads. `watermark` is the
     fraction of the KV pool kept free when admitting a new request while others run (0 <= it < 1),
     so running requests can grow before anyone is preempted.
     """
 
     name = "native"
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        device: str | None = None,
-        dtype: str | torch.dtype | None = None,
-        block_size: int = 16,
-        num_blocks: int | None = None,
-        kv_cache_memory: int | None = None,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int = 512,
-        enable_chunked_prefill: bool = True,
-        enable_prefix_caching: bool = True,
-        policy: str = "chunked",
-        seed: int = 0,
-        max_model_len: int | None = None,
-        trace_kv_owners: bool = True,
-        watermark: float = 0.01,
-        weights: str | None = None,
-        kv_dtype: str = "auto",
-        group_size: int = DEFAULT_GROUP_SIZE,
-    ) -> None:
-        # every knob's type and range first, so a bad one fails before anything loads
-        check_settings("native", {k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        c = (config or EngineConfig()).for_engine("native")  # checked: a bad setting fails before anything loads
         super().__init__()
-        from llmlab import __version__
-        from llmlab.models import load_tokenizer, resolve
-        from llmlab.models.resolve import check_architecture
-
-        sched_cfg = SchedulerConfig(
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            enable_chunked_prefill=enable_chunked_prefill,
-            enable_prefix_caching=enable_prefix_caching,
-            policy=policy,
-            watermark=watermark,
-            max_model_len=max_model_len or DEFAULT_MAX_MODEL_LEN,
-        )
-        if max_model_len is None:
-            sched_cfg.max_model_len = max(2, min(sched_cfg.max_num_batched_tokens, DEFAULT_MAX_MODEL_LEN))
-        sched_cfg.validate()  # the final check, with the model's context, follows below
-        self.device = pick_device(device)
-        if dtype is None and weights in STORAGE_DTYPES:
-            dtype = STORAGE_DTYPES[weights]  # fp32 / bf16 weights compute in that dtype unless told otherwise
+        if c.tp != 1 or c.pp != 1:
+            raise ValueError(
+                f"tp={c.tp}, pp={c.pp}: the native engine runs on one device (tp=1, pp=1); "
+                "predict a parallel layout with llmlab.launch('sim', tp=..., pp=...)"
+            )
+        if c.weights is not None and c.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights={c.weights!r}: the native engine stores weights as {list(WEIGHT_FORMATS)}")
+        self.device = pick_device(c.device)
+        dtype = c.dtype
+        if dtype is None and c.weights in STORAGE_DTYPES:
+            dtype = c.weights  # fp32 / bf16 weights compute in that dtype unless told otherwise
         self.dtype = pick_dtype(dtype, self.device)
-        self.weights = weights or WEIGHT_NAMES[self.dtype]
+        self.weights = c.weights or WEIGHT_NAMES[self.dtype]
+        kv_dtype = "auto" if c.kv_dtype == dtype_name(self.dtype) else c.kv_dtype  # the compute dtype is 'auto'
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(
+                f"kv_dtype={c.kv_dtype!r}: the native engine stores K/V as one of {list(KV_DTYPES)} "
+                f"('auto' is the compute dtype, {dtype_name(self.dtype)})"
+            )
         self.kv_dtype = kv_dtype
-        self.group_size = group_size
+        self.group_size = c.group_size
 
-        spec = resolve(model)
+        spec = resolve(c.model)
         cfg = check_architecture(spec.path)
+        ctx = cfg.get("max_position_embeddings")
+        max_model_len = c.max_model_len
+        if max_model_len is None:
+            max_model_len = default_max_model_len(ctx, c.max_num_batched_tokens, c.enable_chunked_prefill, c.policy)
+        elif ctx is not None and max_model_len > ctx:
+            raise ValueError(
+                f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
+            )
+        sched_cfg = SchedulerConfig(
+            max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens,
+            enable_chunked_prefill=c.enable_chunked_prefill,
+            enable_prefix_caching=c.enable_prefix_caching,
+            policy=c.policy,
+            watermark=c.watermark,
+            max_model_len=max_model_len,
+        )
+        sched_cfg.validate()
+        block_size = c.block_size
         per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype, kv_dtype)
+        num_blocks = c.num_blocks
         if num_blocks is None:
-            budget = kv_cache_memory or self._default_kv_memory(spec.path)
+            budget = c.kv_cache_memory or self._default_kv_memory(spec.path)
             num_blocks = budget // per_block
             if num_blocks < 1:
                 raise ValueError(
                     f"kv_cache_memory={budget} bytes holds no KV block of {per_block} bytes: give at least {per_block}"
                 )
-        ctx = cfg.get("max_position_embeddings", DEFAULT_MAX_MODEL_LEN)
-        if max_model_len is None:
-            max_model_len = min(ctx, DEFAULT_MAX_MODEL_LEN)
-            if not enable_chunked_prefill and policy != "static":
-                max_model_len = min(max_model_len, max_num_batched_tokens)
-        elif max_model_len > ctx:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
-            )
-        sched_cfg.max_model_len = max_model_len
-        sched_cfg.validate()
-        check_watermark(watermark, num_blocks)
+        check_watermark(c.watermark, num_blocks)
+        seed, group_size, watermark = c.seed, c.group_size, c.watermark
+        policy, max_num_seqs, max_num_batched_tokens = c.policy, c.max_num_seqs, c.max_num_batched_tokens
+        enable_chunked_prefill, enable_prefix_caching = c.enable_chunked_prefill, c.enable_prefix_caching
+        trace_kv_owners = c.trace_kv_owners
 
         self.vocab_size = int(cfg["vocab_size"])
         self.tokenizer = load_tokenizer(spec.path)
@@ -156,20 +148,20 @@ class NativeEngine(Engine):
             self.dtype,
             self.device,
             max_model_len,
-            seed,
+            seed or 0,
             weights=self.weights,
             kv_dtype=kv_dtype,
             group_size=group_size,
         )
         self.trace_kv_owners = trace_kv_owners
         self.requests: dict[str, Request] = {}
-        dtype_name = str(self.dtype).removeprefix("torch.")
+        torch_name = str(self.dtype).removeprefix("torch.")
         self.info = EngineInfo(
             engine="native",
-            version=__version__,
+            version=VERSION,
             model=spec.name,
             device=str(self.device),
-            dtype=dtype_name,
+            dtype=torch_name,
             config={
                 "policy": policy,
                 "block_size": block_size,
@@ -182,7 +174,7 @@ class NativeEngine(Engine):
                 "enable_prefix_caching": enable_prefix_caching,
                 "watermark": watermark,
                 "seed": seed,
-                "kv_dtype": dtype_name if kv_dtype == "auto" else kv_dtype,
+                "kv_dtype": torch_name if kv_dtype == "auto" else kv_dtype,
                 "weights": self.weights,
                 "group_size": group_size if self.weights == "int4" else None,
                 "kv_bytes_per_block": per_block,
@@ -294,7 +286,7 @@ class NativeEngine(Engine):
         limit = self.scheduler.config.max_model_len
         if len(token_ids) > limit:
             raise ValueError(f"{len(token_ids)} tokens exceed max_model_len={limit}: score shorter windows")
-        if not self._busy.acquire(blocking=False):
+        if not self.busy.acquire(blocking=False):
             raise ValueError("the native engine is busy with a live run: call run.wait() or run.stop() on it first")
         req = Request("__score__", list(token_ids), SamplingParams(max_tokens=1))
         try:
@@ -306,14 +298,14 @@ class NativeEngine(Engine):
             return self.runner.score(list(token_ids), req.block_ids)
         finally:
             self.blocks.free(req)
-            self._busy.release()
+            self.busy.release()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise ValueError("the native engine is closed: launch a new one with llmlab.launch('native')")
 
     def close(self) -> None:
-        """Stop a run in flight (see `Engine.close`), then free the weights and the KV pool."""
+        """Free the weights and the KV pool (the user's `Engine.close` stops a run in flight first)."""
         super().close()
         self.runner = None  # type: ignore[assignment]
         self.requests.clear()
