@@ -20,7 +20,6 @@ from llmlab.session.driver import Session
 from llmlab.session.run import Run
 from llmlab.workloads import Workload
 
-
 OWN = ("core", "last_run", "_session")  # the attributes an Engine keeps; the rest are its core's
 
 
