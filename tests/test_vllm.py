@@ -192,7 +192,7 @@ def test_tiny_pool_preempts_and_recomputes(engine):
 def test_launch_errors_name_the_fix(monkeypatch):
     with pytest.raises(ValueError, match="multiple of 32"):
         llmlab.launch("vllm", block_size=16)
-    with pytest.raises(ValueError, match="no knob"):
+    with pytest.raises(ValueError, match="no setting block_sise: did you mean block_size"):
         llmlab.launch("vllm", block_sise=32)
     monkeypatch.setitem(os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ValueError, match="another process"):
