@@ -64,6 +64,7 @@ lab: model
 
 test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
 	$(BIN)/ruff check llmlab tests benchmarks notebooks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest tests --nbmake notebooks --durations=25
 
 test-browser: $(VENV)/.installed-dev model
@@ -75,6 +76,8 @@ demo: model
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check llmlab tests benchmarks notebooks
 	$(BIN)/ruff format --check llmlab tests benchmarks
+	@# the layers and no-cycles contracts in pyproject.toml ([tool.importlinter])
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache

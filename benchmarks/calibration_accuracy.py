@@ -20,7 +20,7 @@ import pandas as pd
 
 import llmlab
 from llmlab import workloads
-from llmlab.plan.calibrate import compare, simulate_like
+from llmlab.plan.calibrate import measured_vs_predicted, simulate_like
 
 GOALS = {"throughput (output tok/s)": 0.15, "TTFT p50 (s)": 0.20, "ITL p50 (s)": 0.20}
 KNOBS = {
@@ -74,8 +74,8 @@ def main() -> None:
             cal = llmlab.plan.calibrate(first)
             print(cal)
         predicted = simulate_like(first, cal, workload=wl)
-        table = compare(first, predicted)
-        repeat = compare(first, second)
+        table = measured_vs_predicted(first, predicted)
+        repeat = measured_vs_predicted(first, second)
         for metric in GOALS:
             rows.append(
                 {

@@ -214,7 +214,8 @@ def datasets_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "datasets"
 
 
-def _dataset_file(name: str) -> Path:
+def dataset_file(name: str) -> Path:
+    """The path of one of the project's dataset files (e.g. "corpus.txt"); a clear error if it is missing."""
     path = datasets_dir() / name
     if not path.is_file():
         raise FileNotFoundError(
@@ -224,6 +225,11 @@ def _dataset_file(name: str) -> Path:
     return path
 
 
+def dataset_text(name: str) -> str:
+    """The text of one of the project's dataset files, read once per process."""
+    return _read_text(dataset_file(name))
+
+
 @cache
 def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
@@ -231,7 +237,7 @@ def _read_text(path: Path) -> str:
 
 def corpus_text() -> str:
     """The project's plain-English corpus (datasets/corpus.txt) used for synthetic prompts."""
-    return _read_text(_dataset_file("corpus.txt"))
+    return dataset_text("corpus.txt")
 
 
 def _corpus_words() -> list[str]:
@@ -245,7 +251,7 @@ def corpus_token_ids(tokenizer: Any) -> np.ndarray:
     """The corpus tokenized by this tokenizer (cached per tokenizer object and corpus file)."""
     text = corpus_text()
     name = str(getattr(tokenizer, "name_or_path", ""))
-    key = (id(tokenizer), name, str(_dataset_file("corpus.txt")))
+    key = (id(tokenizer), name, str(dataset_file("corpus.txt")))
     if key not in _corpus_ids:
         # One paragraph at a time keeps each call under the model's max length (no warning);
         # the concatenated ids still decode to the corpus text.
@@ -746,7 +752,7 @@ _builtin_trace = cache(read_trace_csv)  # the built-in traces are read (and chec
 def _trace_source(name: Any) -> tuple[pd.DataFrame, str]:
     """The checked rows and the workload name for a built-in trace name or a CSV path."""
     if isinstance(name, str) and name in TRACES:
-        return _builtin_trace(_dataset_file(TRACES[name])), name
+        return _builtin_trace(dataset_file(TRACES[name])), name
     is_path = isinstance(name, os.PathLike) or (
         isinstance(name, str) and (name.lower().endswith(".csv") or Path(name).is_file())
     )

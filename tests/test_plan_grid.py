@@ -170,6 +170,19 @@ def test_widget_compare_rebuilds_and_reports_bad_choices(table):
     assert "tp=2" in view.status.value and set(view.table.model) == {"llama-3.1-8b"}
 
 
+def test_widget_run_refuses_a_row_this_machine_cannot_run(table):
+    """The run action goes through llmlab.plan.grid.run_row, which launches nothing for a remote GPU row."""
+    from llmlab.plan.grid import run_row
+
+    i = int(np.flatnonzero(table.fits.to_numpy())[0])
+    with pytest.raises(ValueError, match="only rows on the local 'cpu'.*simulate it instead"):
+        run_row(table, i)
+    view = table.show()
+    view.row.value = i
+    assert view.on_run() is None and view.last_measured is None
+    assert "only rows on the local" in view.status.value and "H100-SXM" in view.status.value
+
+
 @pytest.mark.slow
 def test_widget_runs_a_local_row_for_real(smollm2_path):
     wl = workloads.synthetic(3, prompt_len=(16, 32), output_len=4, seed=2)

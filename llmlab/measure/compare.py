@@ -12,7 +12,11 @@ from typing import Any
 import pandas as pd
 
 from llmlab import workloads
+from llmlab.session.engine import launch
+from llmlab.session.run import resolve_view
 from llmlab.workloads import Workload
+
+COMPARISON_VIEW = "llmlab.widgets.compare_view:comparison_figure"  # Comparison.show() (data never imports views)
 
 ROW_COLUMNS = [
     "weight_bytes",
@@ -39,9 +43,7 @@ class Comparison(pd.DataFrame):
 
     def show(self, **kwargs):
         """Quality against speed against memory (a plotly figure)."""
-        from llmlab.widgets.compare_view import comparison_figure
-
-        return comparison_figure(self, **kwargs)
+        return resolve_view(COMPARISON_VIEW)(self, **kwargs)
 
 
 def grid_points(grid: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
@@ -60,18 +62,21 @@ def default_workload() -> Workload:
     return workloads.synthetic(8, prompt_len=(64, 128), output_len=32, seed=0)
 
 
-def _memory_row(eng) -> dict[str, float]:
-    cfg = eng.info.config
-    if hasattr(eng, "memory"):
-        mem = eng.memory()
-        per_token = mem["kv_bytes_per_block"] / mem["block_size"]
-        return {"weight_bytes": mem["weight_bytes"], "kv_bytes_per_token": per_token, "kv_tokens": mem["kv_tokens"]}
-    blocks, size = cfg.get("num_blocks"), cfg.get("block_size")
-    per_block = cfg.get("kv_bytes_per_block")
+def _number(value: Any) -> float:
+    """A memory figure as a float; NaN where the engine does not know it (missing or None)."""
+    return float("nan") if value is None else float(value)
+
+
+def memory_row(eng) -> dict[str, float]:
+    """Weight bytes, KV bytes per token and KV capacity in tokens, read from `eng.memory()`, the dict
+    every engine returns (weight_bytes, kv_bytes_per_block, block_size, num_blocks, kv_tokens);
+    a key an engine leaves out, or gives as None, comes back NaN."""
+    mem = eng.memory()
+    per_block, size = _number(mem.get("kv_bytes_per_block")), _number(mem.get("block_size"))
     return {
-        "weight_bytes": float("nan"),
-        "kv_bytes_per_token": per_block / size if per_block and size else float("nan"),
-        "kv_tokens": blocks * size if blocks and size else float("nan"),
+        "weight_bytes": _number(mem.get("weight_bytes")),
+        "kv_bytes_per_token": per_block / size if size > 0 else float("nan"),
+        "kv_tokens": _number(mem.get("kv_tokens")),
     }
 
 
@@ -101,8 +106,7 @@ def compare(
     `quality_prompts` / `heldout_tokens` / `answer_tokens` cut the quality set (first N prompts,
     first N held-out tokens, length of the greedy answers) for quick looks; defaults use all of it.
     """
-    from llmlab.measure import quality as q
-    from llmlab.session.engine import launch
+    from llmlab.measure import quality as q  # imports torch: only when comparing
 
     points = grid_points(grid)
     workload = workload or default_workload()
@@ -125,7 +129,7 @@ def compare(
             load_s = time.perf_counter() - t0
             try:
                 row = dict(point)
-                row.update(_memory_row(eng))
+                row.update(memory_row(eng))
                 if warmup:
                     eng.generate(["warm up", "warm up once more"], max_tokens=4, ignore_eos=True)
                 run = eng.run(workload)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from llmlab.workloads import _dataset_file, _read_text
+from llmlab.workloads import dataset_text
 
 PROMPTS_FILE = "quality_prompts.txt"
 HELDOUT_FILE = "heldout.txt"
@@ -30,14 +30,14 @@ WINDOW = 256
 
 def quality_prompts() -> list[str]:
     """The fixed prompt set: blocks separated by blank lines, `#` lines skipped."""
-    text = _read_text(_dataset_file(PROMPTS_FILE))
+    text = dataset_text(PROMPTS_FILE)
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     return [p.strip("\n") for p in "\n".join(lines).split("\n\n") if p.strip()]
 
 
 def heldout_text() -> str:
     """Original prose used nowhere else in llmlab, for perplexity."""
-    return _read_text(_dataset_file(HELDOUT_FILE))
+    return dataset_text(HELDOUT_FILE)
 
 
 def _check_scores(engine) -> None:

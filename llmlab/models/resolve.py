@@ -59,7 +59,7 @@ def _unknown(model: object, reason: str = "") -> str:
     )
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     """True when the environment asks for no Hugging Face hub traffic (read at call time)."""
     return any(
         os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
@@ -72,7 +72,7 @@ def _snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=_offline()))
+        path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=hub_offline()))
     except Exception as exc:  # any hub failure (offline, missing repo, no network) means "unknown"
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(_unknown(repo_id, f"{type(exc).__name__}: {first_line}".rstrip(": "))) from exc

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from llmlab.models.resolve import hub_offline
 
 _CATALOGUE = Path(__file__).with_name("shapes.json")
 
@@ -193,14 +197,12 @@ def _from_hub(repo_id: str) -> ModelShape:
     """Read config.json of a Hugging Face hub model: the local hub cache first, then the network."""
     from huggingface_hub import hf_hub_download
 
-    from llmlab.models.resolve import _offline
-
     try:
         path = hf_hub_download(repo_id, "config.json", local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached: go online below
         path = None
     if path is None:
-        reason = "offline (HF_HUB_OFFLINE is set)" if _offline() else _hub_unreachable()
+        reason = "offline (HF_HUB_OFFLINE is set)" if hub_offline() else _hub_unreachable()
         if reason:
             raise ValueError(f"unknown model {repo_id!r} ({reason}): {_choices()}")
         try:
@@ -225,9 +227,6 @@ def _read_config(path: Path) -> dict:
 
 def _hub_unreachable() -> str:
     """A reason when the hub's host does not resolve (so an offline machine fails at once, not after retries)."""
-    import socket
-    from urllib.parse import urlparse
-
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)

@@ -17,16 +17,16 @@ to the measured run's time. Network and pipeline terms stay as modelled.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from llmlab.plan.cost import GROUPS, CostModel, Efficiency, step_load
-
-if TYPE_CHECKING:
-    from llmlab.session.run import Run
-    from llmlab.workloads import Workload
+from llmlab.plan.hardware import get_hardware
+from llmlab.session.engine import launch
+from llmlab.session.run import Run
+from llmlab.workloads import WorkItem, Workload
 
 COMPUTE_GROUPS = ("qkv_o", "mlp", "attention", "lm_head")
 HUGE = 1e12  # an efficiency this large makes one side of every roofline vanish
@@ -74,8 +74,6 @@ class Calibration:
 
 def check_run(run: Any, what: str) -> None:
     """Raise ValueError unless `run` is a Run that has stopped stepping (what `what` reads)."""
-    from llmlab.session.run import Run
-
     if not isinstance(run, Run):
         raise ValueError(f"{what} needs a Run, what engine.run(workload) returns; got {run!r}")
     if run.status in ("pending", "running"):
@@ -84,8 +82,6 @@ def check_run(run: Any, what: str) -> None:
 
 def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Efficiency | None = None) -> CostModel:
     """The cost model of the hardware, model, dtypes and parallelism a run used (from its EngineInfo)."""
-    from llmlab.plan.hardware import get_hardware
-
     info = run.info
     cfg = info.config
     device = str(info.device)
@@ -231,8 +227,6 @@ def calibrate(
 
 def workload_of(run: Run) -> Workload:
     """The workload a run served, rebuilt from its trace: arrivals, prompt token ids, output lengths."""
-    from llmlab.workloads import WorkItem, Workload
-
     items = []
     for r in run.trace.request_records.values():
         out = run.trace.outputs.get(r.req_id)
@@ -268,8 +262,6 @@ SIM_POLICY = {"vllm": "chunked"}
 
 def simulate_like(run: Run, model: Any = None, workload: Workload | None = None, gpu: Any = None) -> Run:
     """Simulate `run`'s workload on its configuration with a cost `model` (Calibration, CostModel or Efficiency)."""
-    import llmlab
-
     cfg = run.info.config
     knobs = {k: cfg[k] for k in SIM_KNOBS if cfg.get(k) is not None}
     if knobs.get("policy") in SIM_POLICY:
@@ -278,7 +270,7 @@ def simulate_like(run: Run, model: Any = None, workload: Workload | None = None,
         model = model.cost_model
     if not isinstance(model, CostModel):
         model = cost_model_for(run, gpu, efficiency=model)
-    sim = llmlab.launch("sim", step_time=model.step_time, **knobs)
+    sim = launch("sim", step_time=model.step_time, **knobs)
     sim.info.model, sim.info.device, sim.info.dtype = model.shape.name, model.hw.name, model.weights
     result = sim.run(workload if workload is not None else workload_of(run))
     if result.error is not None:
@@ -286,7 +278,7 @@ def simulate_like(run: Run, model: Any = None, workload: Workload | None = None,
     return result
 
 
-def compare(measured: Run, predicted: Run) -> pd.DataFrame:
+def measured_vs_predicted(measured: Run, predicted: Run) -> pd.DataFrame:
     """Predicted next to measured for throughput, TTFT p50/p90 and ITL p50, with the relative error."""
     m, p = measured.summary(), predicted.summary()
     rows = []
@@ -314,7 +306,7 @@ def validate(
             f"validate(run, model={model!r}): give a Calibration (from calibrate), a CostModel, an Efficiency, "
             "or None for the uncalibrated cost model"
         )
-    table = compare(run, simulate_like(run, model, workload, gpu))
+    table = measured_vs_predicted(run, simulate_like(run, model, workload, gpu))
     if show:
         print(format_table(table))
     return table

@@ -3,25 +3,31 @@
 Each row is one configuration: its per-GPU memory plan (weights, KV cache, whether it fits) and,
 when it fits, the simulator's prediction on a workload (throughput, TTFT, ITL, cost per million
 output tokens). The table is a DataFrame; `.show()` opens the interactive comparison widget and
-`.simulate(row)` runs the simulator for one row so its dashboard can be opened.
+`.simulate(row)` runs the simulator for one row so its dashboard can be opened; `run_row` runs a
+row for real where the hardware is here, next to its prediction.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from llmlab import workloads
+from llmlab.engines.sim import default_tokenizer
 from llmlab.models.shapes import get_shape
 from llmlab.plan.hardware import GB, get_hardware
 from llmlab.plan.memory import make_shard, memory_plan, parallel_sizes
+from llmlab.session.engine import launch
+from llmlab.session.run import Run, resolve_view
+from llmlab.workloads import Workload, prompt_token_ids
 
-if TYPE_CHECKING:
-    from llmlab.session.run import Run
-    from llmlab.workloads import Workload
+PLAN_VIEW = "llmlab.widgets.plan_view:PlanView"  # PlanTable.show() draws with it (data never imports views)
+LOCAL_MODELS = ("smollm2-135m",)  # what the native engine can load here without a download
+LOCAL_RUN_BLOCKS = 1024  # a real local run and its prediction both use at most this KV pool
 
 DEFAULT_MAX_MODEL_LEN = 8192
 KV_FOR_WEIGHTS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16"}
@@ -33,20 +39,14 @@ COLUMNS = [
 
 
 def _chat() -> Workload:
-    from llmlab import workloads
-
     return workloads.concurrency(32, n=96, prompt_len=(256, 1024), output_len=(64, 256), seed=0)
 
 
 def _long_prompt() -> Workload:
-    from llmlab import workloads
-
     return workloads.concurrency(16, n=48, prompt_len=(2048, 4096), output_len=(64, 128), seed=0)
 
 
 def _azure_conv() -> Workload:
-    from llmlab import workloads
-
     return workloads.from_trace("azure_conv", n=200, time_scale=10.0, max_len=DEFAULT_MAX_MODEL_LEN)
 
 
@@ -66,9 +66,7 @@ class PlanTable(pd.DataFrame):
 
     def show(self):
         """The interactive comparison: memory bars, throughput-latency Pareto plot, table, simulate/run."""
-        from llmlab.widgets.plan_view import PlanView
-
-        return PlanView(self)
+        return resolve_view(PLAN_VIEW)(self)
 
     def simulate(self, row: int = 0, workload: Workload | None = None, **overrides: Any) -> Run:
         """Simulate configuration `row` (a position in this table) on the plan's workload; returns the Run."""
@@ -103,8 +101,6 @@ def _as_list(value: Any) -> list:
 
 def resolve_workload(workload: Any) -> tuple[str, Workload]:
     """A workload object, a preset name from WORKLOADS, or None (the chat preset)."""
-    from llmlab.workloads import Workload
-
     if workload is None:
         workload = next(iter(WORKLOADS))
     if isinstance(workload, Workload):
@@ -116,9 +112,6 @@ def resolve_workload(workload: Any) -> tuple[str, Workload]:
 
 def _request_lengths(wl: Workload) -> np.ndarray:
     """prompt + max_tokens per request; text prompts counted with the simulator's tokenizer."""
-    from llmlab.engines.sim import default_tokenizer
-    from llmlab.workloads import prompt_token_ids
-
     out = []
     for it in wl:
         if it.prompt is None:
@@ -270,8 +263,6 @@ def _predict_row(table: PlanTable, i: int, wl: Workload, price: float | dict | N
 
 def simulate_row(table: pd.DataFrame, row: int = 0, workload: Workload | None = None, **overrides: Any) -> Run:
     """Run the simulator for configuration `row` of a plan table; `overrides` change any sim knob."""
-    import llmlab
-
     if not 0 <= row < len(table):
         raise ValueError(f"row={row}: the table has rows 0..{len(table) - 1}")
     r = table.iloc[row]
@@ -291,4 +282,43 @@ def simulate_row(table: pd.DataFrame, row: int = 0, workload: Workload | None = 
     wl = workload if workload is not None else table.attrs.get("workload_object")
     if wl is None:
         wl = resolve_workload(settings.get("workload"))[1]
-    return llmlab.launch("sim", **knobs).run(wl)
+    return launch("sim", **knobs).run(wl)
+
+
+def is_local(row: Any) -> bool:
+    """Whether the native engine can run this row here: the local CPU, an embedded model, one device."""
+    return row["gpu"] == "cpu" and row["model"] in LOCAL_MODELS and row["tp"] == 1 and row["pp"] == 1
+
+
+def small_workload(table: pd.DataFrame) -> Workload:
+    """The plan's workload if it is small enough for a CPU run, else 8 short requests."""
+    wl = table.attrs.get("workload_object")
+    if wl is not None and len(wl) <= 16:
+        return wl
+    return workloads.poisson(rate=4.0, n=8, prompt_len=(32, 128), output_len=(8, 24), seed=0)
+
+
+def run_row(table: pd.DataFrame, row: int = 0, workload: Workload | None = None) -> tuple[Run, Run]:
+    """Run configuration `row` for real with the native engine on this CPU, then simulate it on the
+    same workload and KV pool; returns (measured, predicted). Only local rows run (see `is_local`):
+    others raise ValueError. `workload` defaults to `small_workload(table)`."""
+    if not 0 <= row < len(table):
+        raise ValueError(f"row={row}: the table has rows 0..{len(table) - 1}")
+    r = table.iloc[row]
+    if not is_local(r):
+        raise ValueError(
+            f"row {row} needs {r['gpu']}: only rows on the local 'cpu' with {', '.join(LOCAL_MODELS)} "
+            "can run here; simulate it instead"
+        )
+    wl = workload if workload is not None else small_workload(table)
+    sim_knobs = dict(table.attrs.get("plan", {}).get("sim", {}))
+    blocks = min(int(r["kv_tokens"]) // sim_knobs.get("block_size", 16), LOCAL_RUN_BLOCKS)
+    native_knobs = {k: sim_knobs[k] for k in ("block_size", "max_num_seqs", "max_num_batched_tokens", "policy")}
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(r["weights"], "float32")
+    eng = launch("native", model=r["model"], device="cpu", dtype=dtype, num_blocks=blocks, **native_knobs)
+    try:
+        measured = eng.run(wl)
+    finally:
+        eng.close()
+    predicted = simulate_row(table, row, wl, num_blocks=blocks)
+    return measured, predicted

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import html
+import importlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from llmlab.core.records import Completion, StepRecord
 from llmlab.session import metrics
 from llmlab.session.trace import RUN_STATUSES, Trace
+
+DASHBOARD = "llmlab.widgets.dashboard:Dashboard"  # the view of a run, named, never imported here
+
+
+def resolve_view(spec: str) -> Any:
+    """The view a "module:attr" string names, imported when first drawn. The rule: data never
+    imports views (Run, PlanTable and Comparison name theirs), so widgets stay the layer above."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class SavedRunError(RuntimeError):
@@ -144,9 +155,7 @@ class Run:
 
     def show(self, **kwargs):
         """The dashboard of this run (schedule, KV cache, latency): live while it runs, replayable after."""
-        from llmlab.widgets import Dashboard
-
-        return Dashboard(self, **kwargs)
+        return resolve_view(DASHBOARD)(self, **kwargs)
 
     def to_html(self, path: str | Path) -> Path:
         """Write the dashboard as one standalone HTML page (plotly.js embedded)."""

@@ -1,19 +1,21 @@
 """The quantization x parallelism comparison: choose a model, GPU, dtypes and parallelism, see per-GPU
 memory as stacked bars, throughput against latency (Pareto frontier) and the table; simulate one row
-and open its dashboard, or, where the hardware is here, run it for real next to the prediction."""
+and open its dashboard, or, where the hardware is here, run it for real next to the prediction.
+The view launches nothing itself: its actions call `llmlab.plan.grid` (`simulate_row`, `run_row`)."""
 
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from llmlab.plan.grid import WORKLOADS, PlanTable, pareto_mask, plan
-
-if TYPE_CHECKING:
-    from llmlab.session.run import Run
+from llmlab.models.shapes import SHAPES
+from llmlab.plan.calibrate import measured_vs_predicted
+from llmlab.plan.grid import WORKLOADS, PlanTable, is_local, pareto_mask, plan, run_row, simulate_row
+from llmlab.plan.hardware import HARDWARE
+from llmlab.session.run import Run
 
 MEMORY_PARTS = [
     ("weights_gb", "weights", "#4e79a7"),
@@ -21,8 +23,6 @@ MEMORY_PARTS = [
     ("activation_gb", "activations + workspace", "#f28e2b"),
     ("free_gb", "unused", "#d9d9d9"),
 ]
-LOCAL_MODELS = ("smollm2-135m",)  # what the native engine can load here without a download
-LOCAL_RUN_BLOCKS = 1024  # a real local run and its prediction both use at most this KV pool
 
 
 def row_label(r: Any) -> str:
@@ -45,18 +45,10 @@ def table_html(table: PlanTable) -> str:
     return table.to_html(formatters=fmt, na_rep="-", index=True, border=0)
 
 
-def is_local(row: Any) -> bool:
-    """Whether the native engine can run this row here: the local CPU, an embedded model, one device."""
-    return row["gpu"] == "cpu" and row["model"] in LOCAL_MODELS and row["tp"] == 1 and row["pp"] == 1
-
-
 class PlanView(W.VBox):
     """Controls that rebuild the plan, its memory bars, Pareto plot and table, and simulate/run actions."""
 
     def __init__(self, table: PlanTable) -> None:
-        from llmlab.models.shapes import SHAPES
-        from llmlab.plan.hardware import HARDWARE
-
         self.table = table
         self.last_run: Run | None = None
         self.last_measured: Run | None = None
@@ -191,7 +183,7 @@ class PlanView(W.VBox):
         """Simulate the chosen row on the plan's workload and open its dashboard below."""
         i = self.row.value
         try:
-            run = self.table.simulate(i)
+            run = simulate_row(self.table, i)
         except ValueError as exc:
             self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
             return None
@@ -201,33 +193,17 @@ class PlanView(W.VBox):
         return run
 
     def on_run(self, workload: Any = None) -> Run | None:
-        """Run the chosen row for real with the native engine (local CPU rows only), then show the
+        """Run the chosen row for real (local CPU rows only, `llmlab.plan.grid.run_row`), then show the
         measured summary next to the prediction on the same workload and KV pool."""
-        import llmlab
-        from llmlab.plan.calibrate import compare
-
         i = self.row.value
-        r = self.table.iloc[i]
-        if not is_local(r):
-            self.status.value = (
-                f"row {i} needs {html.escape(str(r['gpu']))}: only rows on the local 'cpu' with "
-                f"{', '.join(LOCAL_MODELS)} can run here; simulate it instead"
-            )
-            return None
-        wl = workload if workload is not None else small_workload(self.table)
-        sim_knobs = dict(self.table.attrs.get("plan", {}).get("sim", {}))
-        blocks = min(int(r["kv_tokens"]) // sim_knobs.get("block_size", 16), LOCAL_RUN_BLOCKS)
-        native_knobs = {k: sim_knobs[k] for k in ("block_size", "max_num_seqs", "max_num_batched_tokens", "policy")}
         self.status.value = f"running row {i} on this CPU..."
-        dtype = _torch_dtype(r["weights"])
-        eng = llmlab.launch("native", model=r["model"], device="cpu", dtype=dtype, num_blocks=blocks, **native_knobs)
         try:
-            measured = eng.run(wl)
-        finally:
-            eng.close()
-        predicted = self.table.simulate(i, workload=wl, num_blocks=blocks)
+            measured, predicted = run_row(self.table, i, workload)
+        except ValueError as exc:  # not a local row, or a knob the native engine refuses
+            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            return None
         self.last_run, self.last_measured = predicted, measured
-        table = compare(measured, predicted)
+        table = measured_vs_predicted(measured, predicted)
         self.status.value = f"measured next to predicted, row {i}:" + table.to_html(float_format="{:.4g}".format)
         self.result.children = [
             W.HTML("<b>measured</b>"),
@@ -236,17 +212,3 @@ class PlanView(W.VBox):
             predicted.show(),
         ]
         return measured
-
-
-def _torch_dtype(weights: str) -> str:
-    return {"fp32": "float32", "bf16": "bfloat16"}.get(weights, "float32")
-
-
-def small_workload(table: PlanTable) -> Any:
-    """The plan's workload if it is small enough for a CPU run, else 8 short requests."""
-    from llmlab import workloads
-
-    wl = table.attrs.get("workload_object")
-    if wl is not None and len(wl) <= 16:
-        return wl
-    return workloads.poisson(rate=4.0, n=8, prompt_len=(32, 128), output_len=(8, 24), seed=0)
