@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llmlab.config import dtype_name
 from llmlab.plan.cost import GROUPS, CostModel, Efficiency, step_load
 from llmlab.plan.hardware import get_hardware
 from llmlab.session.engine import launch
@@ -100,8 +101,8 @@ def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Eff
             )
         else:
             gpu = "cpu"
-    weights = _dtype_name(cfg.get("weights") or info.dtype)
-    kv_dtype = _dtype_name(cfg.get("kv_dtype") or weights)
+    weights = dtype_name(cfg.get("weights") or info.dtype)
+    kv_dtype = dtype_name(cfg.get("kv_dtype") or weights)
     return CostModel(
         model or info.model,
         get_hardware(gpu),
@@ -111,10 +112,6 @@ def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Eff
         pp=int(cfg.get("pipeline_parallel_size") or 1),
         efficiency=efficiency,
     )
-
-
-def _dtype_name(name: str) -> str:
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(name), str(name))
 
 
 def _parts(cm: CostModel, base: Efficiency, loads: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

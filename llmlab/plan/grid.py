@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmlab import workloads
+from llmlab.config import DEFAULT_MAX_MODEL_LEN
 from llmlab.engines.sim import default_tokenizer
 from llmlab.models.shapes import get_shape
 from llmlab.plan.hardware import GB, get_hardware
@@ -29,7 +30,6 @@ PLAN_VIEW = "llmlab.widgets.plan_view:PlanView"  # PlanTable.show() draws with i
 LOCAL_MODELS = ("smollm2-135m",)  # what the native engine can load here without a download
 LOCAL_RUN_BLOCKS = 1024  # a real local run and its prediction both use at most this KV pool
 
-DEFAULT_MAX_MODEL_LEN = 8192
 KV_FOR_WEIGHTS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16"}
 COLUMNS = [
     "model", "gpu", "num_gpus", "tp", "pp", "weights", "kv_dtype", "fits", "weights_gb", "kv_gb",
@@ -314,8 +314,20 @@ def run_row(table: pd.DataFrame, row: int = 0, workload: Workload | None = None)
     sim_knobs = dict(table.attrs.get("plan", {}).get("sim", {}))
     blocks = min(int(r["kv_tokens"]) // sim_knobs.get("block_size", 16), LOCAL_RUN_BLOCKS)
     native_knobs = {k: sim_knobs[k] for k in ("block_size", "max_num_seqs", "max_num_batched_tokens", "policy")}
-    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(r["weights"], "float32")
-    eng = launch("native", model=r["model"], device="cpu", dtype=dtype, num_blocks=blocks, **native_knobs)
+    # the row's weights and KV cache, computed in the weights' dtype (quantized weights: in the KV's, or fp32)
+    weights, kv = r["weights"], r["kv_dtype"]
+    dtype = weights if weights in ("fp32", "bf16") else kv if kv in ("fp32", "bf16") else "fp32"
+    kv = "auto" if kv == dtype else kv
+    eng = launch(
+        "native",
+        model=r["model"],
+        device="cpu",
+        dtype=dtype,
+        weights=weights,
+        kv_dtype=kv,
+        num_blocks=blocks,
+        **native_knobs,
+    )
     try:
         measured = eng.run(wl)
     finally:
