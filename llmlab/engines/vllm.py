@@ -159,11 +159,11 @@ class VLLMEngine(EngineCore):
         finally:
             torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
-        self.engine = self.llm.llm_engine
-        self.scheduler = _find_scheduler(self.engine)
-        self._block_size = self.engine.vllm_config.cache_config.block_size
+        self.llm_engine = self.llm.llm_engine
+        self.scheduler = _find_scheduler(self.llm_engine)
+        self._block_size = self.llm_engine.vllm_config.cache_config.block_size
         self.tokenizer = load_tokenizer(spec.path)
-        self.vocab_size = int(self.engine.vllm_config.model_config.get_vocab_size())
+        self.vocab_size = int(self.llm_engine.vllm_config.model_config.get_vocab_size())
         self.trace_kv_owners = trace_kv_owners
         self._ids: dict[str, str] = {}  # vLLM's internal request id -> the user's
         self._prompts: dict[str, list[int]] = {}
@@ -173,7 +173,7 @@ class VLLMEngine(EngineCore):
         if self.scheduler is not None:
             self._install_hooks()
 
-        cfg = self.engine.vllm_config
+        cfg = self.llm_engine.vllm_config
         mc, cc, sc, pc = cfg.model_config, cfg.cache_config, cfg.scheduler_config, cfg.parallel_config
         num_blocks = self._pool().num_gpu_blocks if self.scheduler is not None else cc.num_gpu_blocks
         exact = "exact" if self.scheduler is not None else "derived"
@@ -319,7 +319,7 @@ class VLLMEngine(EngineCore):
 
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.check_request(req_id, prompt_token_ids, params)
-        internal = self.engine.add_request(
+        internal = self.llm_engine.add_request(
             req_id, {"prompt_token_ids": list(prompt_token_ids)}, self._sampling_params(params)
         )
         self._ids[internal] = req_id
@@ -327,7 +327,7 @@ class VLLMEngine(EngineCore):
         self._seen[req_id] = 0
 
     def abort(self, req_id: str) -> None:
-        self.engine.abort_request([req_id])
+        self.llm_engine.abort_request([req_id])
         self._forget(req_id)
 
     def _forget(self, req_id: str) -> None:
@@ -337,18 +337,18 @@ class VLLMEngine(EngineCore):
             del self._ids[internal]
 
     def has_unfinished(self) -> bool:
-        return self.engine.has_unfinished_requests()
+        return self.llm_engine.has_unfinished_requests()
 
     def reset_prefix_cache(self) -> bool:
         """Drop vLLM's cached prefixes, so the next run starts cold."""
-        return self.engine.reset_prefix_cache()
+        return self.llm_engine.reset_prefix_cache()
 
     def step(self) -> EngineStep:
         self._step = None
-        outputs = self.engine.step()
+        outputs = self.llm_engine.step()
         # a step that scheduled nothing (e.g. only a stop-string abort) yields no tokens; go on
-        while self._step is None and not outputs and self.engine.has_unfinished_requests():
-            outputs = self.engine.step()
+        while self._step is None and not outputs and self.llm_engine.has_unfinished_requests():
+            outputs = self.llm_engine.step()
         new_tokens: dict[str, int] = {}
         finished: list[Completion] = []
         for ro in outputs:
@@ -420,10 +420,10 @@ class VLLMEngine(EngineCore):
             return
         super().close()
         try:
-            self.engine.engine_core.shutdown()
+            self.llm_engine.engine_core.shutdown()
         finally:
             self.scheduler = None
-            self.engine = None  # type: ignore[assignment]
+            self.llm_engine = None  # type: ignore[assignment]
             self.llm = None
             release_memory()
 
