@@ -13,6 +13,7 @@ import torch
 import llmlab
 from llmlab import workloads
 from llmlab.core.records import StepRecord
+from llmlab.engines.native.kv_cache import KV_DTYPES, LayerKV
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +109,45 @@ def test_policies_and_chunked_prefill_keep_greedy_tokens(smollm2_path, engine, p
         mixed = slots.groupby("step").phase.nunique()
         assert (mixed == 1).all()
     eng.close()
+
+
+def test_kv_pool_is_shaped_by_blocks(engine):
+    """Each layer's K/V pool is [num_blocks, block_size, kv_heads, head_dim]: the block size lives in
+    the pool, not in the model layers."""
+    cfg, blocks = engine.runner.cfg, engine.blocks
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    shape = (blocks.num_blocks, blocks.block_size, cfg["num_key_value_heads"], head_dim)
+    assert len(engine.runner.kv_caches) == cfg["num_hidden_layers"]
+    for kv in engine.runner.kv_caches:
+        assert tuple(kv.k.shape) == tuple(kv.v.shape) == shape
+        assert kv.block_size == blocks.block_size and kv.num_blocks == blocks.num_blocks
+    assert engine.runner.block_size == blocks.block_size
+    assert not any(hasattr(m, "block_size") for m in engine.runner.model.modules())
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_pool_writes_by_slot_and_reads_by_block(kv_dtype):
+    """Token slot block * block_size + offset lands in row `offset` of block `block` (of K, V and the
+    int8 scales), and `read` returns a block table's tokens in table order."""
+    num_blocks, block_size, heads, dim = 5, 4, 2, 8
+    kv = LayerKV(kv_dtype, num_blocks, block_size, heads, dim, torch.float32, torch.device("cpu"))
+    torch.manual_seed(0)
+    k, v = torch.randn(3, heads, dim), torch.randn(3, heads, dim)
+    where = [(3, 1), (0, 3), (3, 2)]  # (block, offset) of each token
+    kv.write(torch.tensor([b * block_size + o for b, o in where]), k, v)
+    keys, values = kv.read(torch.tensor([[3, 0], [0, 3]]))
+    assert keys.shape == values.shape == (2, 2 * block_size, heads, dim)
+    for i, (b, o) in enumerate(where):
+        assert kv.k[b, o].any() and kv.v[b, o].any()
+        if kv.k_scale is not None:
+            assert (kv.k_scale[b, o] > 0).all() and (kv.v_scale[b, o] > 0).all()
+        first = 0 if b == 3 else block_size  # row of block b in the first table [3, 0]
+        torch.testing.assert_close(keys[0, first + o], kv.roundtrip(k[i]), rtol=0, atol=0)
+        torch.testing.assert_close(values[0, first + o], kv.roundtrip(v[i]), rtol=0, atol=0)
+        torch.testing.assert_close(keys[1, (block_size - first) + o], keys[0, first + o], rtol=0, atol=0)
+    untouched = torch.ones(num_blocks, block_size, dtype=torch.bool)
+    untouched[tuple(zip(*where, strict=True))] = False
+    assert not kv.k[untouched].any() and not kv.v[untouched].any()
 
 
 def test_tiny_pool_preempts_and_keeps_greedy_tokens(engine, plain_tokens):

@@ -208,7 +208,52 @@ def test_int4_group_scales_and_int8_kv_scales():
     matrices = [(h, q), (h, kv), (h, kv), (q, h), (h, inter), (h, inter), (inter, h)]  # (in, out)
     per_layer = sum(i * o * 0.5 + o * math.ceil(i / 128) * (2 + 0.5) for i, o in matrices)
     assert plan.linear_weights_bytes == pytest.approx(per_layer * s.num_layers)
-    assert plan.kv_bytes_per_token == 2 * s.num_layers * s.num_kv_heads * (s.head_dim * 1 + 2)
+    # one fp32 scale per token, head, K and V: what the native engine stores (checked below)
+    assert plan.kv_bytes_per_token == 2 * s.num_layers * s.num_kv_heads * (s.head_dim * 1 + 4)
+
+
+# the planner's name for each (native kv_dtype, compute dtype): "auto" keeps the compute dtype
+PLANNER_KV = {
+    ("auto", "float32"): "fp32",
+    ("auto", "bfloat16"): "bf16",
+    ("fp8", "float32"): "fp8",
+    ("fp8", "bfloat16"): "fp8",
+    ("int8", "float32"): "int8",
+    ("int8", "bfloat16"): "int8",
+}
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "llama-3.1-8b"])
+def test_planner_kv_bytes_per_token_match_the_native_pool(model):
+    """For every kv_dtype the native engine supports, the planner's KV bytes per token are the bytes
+    the engine's own pool tensors hold per token slot (values and int8 scales), and the per-block
+    size the engine sizes its pool with."""
+    import torch
+
+    from llmlab.engines.native.kv_cache import KV_DTYPES
+    from llmlab.engines.native.memory import kv_pool_bytes
+    from llmlab.engines.native.runner import ModelRunner, kv_pool_layer
+
+    s = get_shape(model)
+    cfg = {
+        "num_hidden_layers": s.num_layers,
+        "num_attention_heads": s.num_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "hidden_size": s.hidden_size,
+        "head_dim": s.head_dim,
+    }
+    num_blocks, block_size = 3, 16
+    for kv_dtype in KV_DTYPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            pools = [
+                kv_pool_layer(kv_dtype, num_blocks, block_size, s.num_kv_heads, s.head_dim, dtype, torch.device("cpu"))
+                for _ in range(s.num_layers)
+            ]
+            measured = kv_pool_bytes(pools)["kv_pool_bytes"] / (num_blocks * block_size)
+            planned = memory_plan(s, "H100", kv_dtype=PLANNER_KV[kv_dtype, str(dtype).removeprefix("torch.")])
+            label = (kv_dtype, dtype)
+            assert planned.kv_bytes_per_token == measured, label
+            assert ModelRunner.kv_bytes_per_block(cfg, block_size, dtype, kv_dtype) == measured * block_size, label
 
 
 def test_llama70b_bf16_does_not_fit_one_80gb_gpu_and_shortfall_is_right():

@@ -18,6 +18,8 @@ from llmlab import workloads
 from llmlab.engines.native.kv_cache import LayerKV
 from llmlab.engines.native.quant import QuantizedLinear, unpack_int4
 from llmlab.measure import quality
+from llmlab.models.shapes import get_shape
+from llmlab.plan import memory_plan
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +132,14 @@ def test_fp8_kv_doubles_the_blocks_of_bf16(bf16, int8_fp8kv):
     assert m8["num_blocks"] in (2 * m16["num_blocks"], 2 * m16["num_blocks"] + 1)
     pool = sum(t.numel() * t.element_size() for layer in int8_fp8kv.runner.kv_caches for t in layer.tensors())
     assert pool == m8["kv_pool_bytes"] == m8["num_blocks"] * m8["kv_bytes_per_block"]
+    # the planner counts the bytes per token these pools hold
+    assert m16["kv_pool_bytes"] / m16["kv_tokens"] == planned_kv_bytes_per_token(bf16, "bf16")
+    assert m8["kv_pool_bytes"] / m8["kv_tokens"] == planned_kv_bytes_per_token(int8_fp8kv, "fp8")
+
+
+def planned_kv_bytes_per_token(eng, kv_dtype: str) -> float:
+    """What the memory planner counts per KV token for this engine's model in `kv_dtype`."""
+    return memory_plan(get_shape(eng.runner.cfg), "H100", kv_dtype=kv_dtype).kv_bytes_per_token
 
 
 def test_int8_kv_blocks_include_their_scales_and_keep_quality(reference, smollm2_path):
@@ -141,6 +151,7 @@ def test_int8_kv_blocks_include_their_scales_and_keep_quality(reference, smollm2
     scales = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * eng.blocks.block_size * 4
     assert mem["kv_bytes_per_block"] == values + scales
     assert mem["kv_scale_bytes"] == scales * mem["num_blocks"]
+    assert mem["kv_pool_bytes"] / mem["kv_tokens"] == planned_kv_bytes_per_token(eng, "int8")
     kl, top1 = drift(reference, eng)
     eng.close()
     assert top1 >= 0.96 and kl < 0.002, (top1, kl)  # measured 0.972 and 0.0008
@@ -172,14 +183,16 @@ def test_formats_store_compactly_and_round_trip_within_their_step(smollm2_path):
 
 
 def test_int8_kv_round_trip_is_per_token_per_head():
-    kv = LayerKV("int8", slots=8, kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu"))
+    kv = LayerKV("int8", 2, 4, kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu"))
+    assert kv.k.shape == (2, 4, 2, 4) and kv.k_scale.shape == (2, 4, 2, 1)
     k = torch.tensor([[[1.0, -2.0, 0.5, 4.0], [100.0, 0.0, -50.0, 1.0]]] * 2)
     kv.write(torch.tensor([3, 5]), k, -k)
-    got_k, got_v = kv.read(torch.tensor([[1]]), block_size=4)  # slots 4..7: slot 5 is row 1
+    got_k, got_v = kv.read(torch.tensor([[1]]))  # block 1 holds slots 4..7: slot 5 is row 1
     torch.testing.assert_close(got_k[0, 1], k[1], atol=100 / 127 / 2, rtol=0)
     torch.testing.assert_close(got_v[0, 1], -k[1], atol=100 / 127 / 2, rtol=0)
-    # each head has its own scale: the small head is not crushed by the large one
-    assert torch.allclose(kv.k_scale[5, :, 0], torch.tensor([4 / 127, 100 / 127]))
+    # each head has its own float32 scale: the small head is not crushed by the large one
+    assert kv.k_scale.dtype == torch.float32
+    assert torch.allclose(kv.k_scale[1, 1, :, 0], torch.tensor([4 / 127, 100 / 127]))
     torch.testing.assert_close(got_k[0, 1, 0], k[1, 0], atol=4 / 127 / 2, rtol=0)
 
 

@@ -7,8 +7,9 @@ Everything is exact by formula from the model shape, so a learner can check it b
   int8 and AWQ/GPTQ checkpoints keep them. Scales: int4 stores per group of `group_size` inputs
   one fp16 scale and one 4-bit zero point (AWQ/GPTQ layout); int8 one fp16 scale per output row;
   fp8 one fp32 scale per matrix (counted as zero).
-- KV per token: 2 (K and V) x layers x KV heads x head_dim x bytes(kv_dtype); int8 adds one fp16
-  scale per token, head, K and V; fp8 uses per-layer scales (no per-token bytes).
+- KV per token: 2 (K and V) x layers x KV heads x head_dim x bytes(kv_dtype); int8 adds one fp32
+  scale per token, head, K and V (as the native engine stores it); fp8 uses per-layer scales (no
+  per-token bytes).
 - Tensor parallel (tp): query heads, KV heads and MLP width split across GPUs; when a model has
   fewer KV heads than tp each GPU keeps one KV head (replicated, as vLLM does); embeddings and
   the LM head split by vocabulary. Pipeline parallel (pp): layers split into stages (the extra
@@ -32,7 +33,8 @@ from llmlab.plan.hardware import GB, GIB, Hardware, get_hardware
 
 WEIGHT_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 KV_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
-SCALE_BYTES = 2  # fp16 scale per int4 group or int8 row (and per int8 KV head-token)
+SCALE_BYTES = 2  # fp16 scale per int4 group or int8 row
+KV_SCALE_BYTES = 4  # fp32 scale per int8 KV head-token (the native engine's kv_cache.SCALE_DTYPE)
 ZERO_BYTES = 0.5  # 4-bit zero point per int4 group
 GPU_WORKSPACE_BYTES = 1 * GIB
 
@@ -198,7 +200,7 @@ def other_weight_bytes(shard: Shard, stage: int, weights: str) -> tuple[float, f
 
 def kv_bytes_per_token(shard: Shard, layers: int, kv_dtype: str) -> float:
     """KV cache bytes one token takes on one GPU holding `layers` layers."""
-    per_head = shard.shape.head_dim * KV_BYTES[kv_dtype] + (SCALE_BYTES if kv_dtype == "int8" else 0)
+    per_head = shard.shape.head_dim * KV_BYTES[kv_dtype] + (KV_SCALE_BYTES if kv_dtype == "int8" else 0)
     return 2 * layers * shard.kv_heads * per_head
 
 

@@ -1,7 +1,7 @@
 """Paged attention in plain PyTorch: write new K/V into pool slots, read each request's blocks.
 
-The pool of one layer is a tensor [num_blocks * block_size, kv_heads, head_dim]; a request's
-block table says which blocks hold its tokens in order. Decodes (one query token each) are
+The pool of one layer is a tensor [num_blocks, block_size, kv_heads, head_dim] (it knows its own
+block size); a request's block table says which blocks hold its tokens in order. Decodes (one query token each) are
 batched into one call over their gathered blocks; prefill chunks run one request at a time.
 This module is the swappable part: a fused paged kernel can replace `paged_attention`.
 The pool itself (and its fp8 / int8 formats) lives in kv_cache.py.
@@ -45,7 +45,6 @@ def paged_attention(
     v: torch.Tensor,
     kv: LayerKV,  # this layer's pool (compute dtype, fp8 or int8; see kv_cache.py)
     meta: AttentionMetadata,
-    block_size: int,
     scale: float,
 ) -> torch.Tensor:
     """Store this step's K/V in the pool, then attend each query to its request's context.
@@ -58,7 +57,7 @@ def paged_attention(
     gqa = q.shape[1] != k.shape[1]
     nd = meta.num_decodes
     if nd:
-        keys, values = kv.read(meta.decode_block_tables, block_size)
+        keys, values = kv.read(meta.decode_block_tables)
         o = F.scaled_dot_product_attention(
             q[:nd].unsqueeze(2),
             keys.transpose(1, 2),
@@ -74,7 +73,7 @@ def paged_attention(
         if p.mask is None:  # a fresh prompt: its own K/V are the whole context
             ki, vi = kv.roundtrip(k[rows]), kv.roundtrip(v[rows])
         else:
-            ki, vi = kv.read(p.block_table.unsqueeze(0), block_size)
+            ki, vi = kv.read(p.block_table.unsqueeze(0))
             ki, vi = ki[0, : p.mask.shape[1]], vi[0, : p.mask.shape[1]]
         o = F.scaled_dot_product_attention(
             qi,

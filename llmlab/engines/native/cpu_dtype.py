@@ -80,14 +80,14 @@ def _decode_step(dtype: torch.dtype, batch: int = 32, context: int = 128, block_
 
     cfg = PROBE_CONFIG
     torch.manual_seed(0)
-    model = LlamaModel(cfg, block_size)
+    model = LlamaModel(cfg)
     model.embed_tokens.weight.data.normal_(0, 0.02)
     model = model.to(dtype).eval()
     model.pack_for_cpu()
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
     blocks = context // block_size
     kv = [
-        LayerKV("auto", batch * blocks * block_size, cfg["num_key_value_heads"], head_dim, dtype, torch.device("cpu"))
+        LayerKV("auto", batch * blocks, block_size, cfg["num_key_value_heads"], head_dim, dtype, torch.device("cpu"))
         for _ in range(cfg["num_hidden_layers"])
     ]
     tables = torch.arange(batch * blocks).view(batch, blocks)

@@ -1,15 +1,19 @@
 """One layer's paged K/V pool, stored in the compute dtype, in float8 or in int8 with scales.
 
-Layout: a tensor [num_blocks * block_size, kv_heads, head_dim] each for K and V (one row per
-token slot). Formats (the engine's ``kv_dtype`` knob):
+Layout: a tensor [num_blocks, block_size, kv_heads, head_dim] each for K and V, so the pool
+itself knows its block size (`LayerKV.block_size`). Token slot `block * block_size + offset`
+is row `offset` of block `block`; writes go through a flat [num_blocks * block_size, ...] view
+of the same storage. Formats (the engine's ``kv_dtype`` knob):
 
 - ``auto``: the compute dtype (float32 or bfloat16), no conversion.
 - ``fp8``: float8 e4m3, unscaled (values are clamped to +-448), as vLLM's ``kv_cache_dtype="fp8"``
   without calibrated scales: exactly half the bytes of bfloat16, so twice the blocks.
 - ``int8``: symmetric int8 with one float32 scale per token and head (per row of head_dim
-  values). A token's scale is set when it is written and never changes, so filling a block
-  never rescales the tokens already in it (per-block scales would). Cost: 4 bytes per 64
-  values, so 68 bytes per token-head against 128 for bfloat16 (1.88x the blocks).
+  values), shaped [num_blocks, block_size, kv_heads, 1]. A token's scale is set when it is
+  written and never changes, so filling a block never rescales the tokens already in it
+  (per-block scales would). Cost: SCALE_BYTES (4) per head_dim (64) values, so 68 bytes per
+  token-head against 128 for bfloat16 (1.88x the blocks). The planner (llmlab/plan/memory.py,
+  KV_SCALE_BYTES) counts the same 4 bytes.
 
 Reads dequantize only the gathered blocks, into the compute dtype.
 """
@@ -21,6 +25,8 @@ import torch
 KV_DTYPES = ("auto", "fp8", "int8")
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
+SCALE_DTYPE = torch.float32  # int8 scales: float32 keeps the rounding error at int8's own step
+SCALE_BYTES = SCALE_DTYPE.itemsize
 
 
 def check_kv_dtype(kv_dtype: str) -> None:
@@ -33,28 +39,44 @@ def kv_element_bytes(kv_dtype: str, dtype: torch.dtype, head_dim: int) -> float:
     if kv_dtype == "fp8":
         return 1.0
     if kv_dtype == "int8":
-        return 1.0 + 4.0 / head_dim
+        return 1.0 + SCALE_BYTES / head_dim
     return float(dtype.itemsize)
 
 
 class LayerKV:
-    """K and V pools of one layer, with `write`, `read` (gather blocks) and `roundtrip`."""
+    """K and V pools of one layer, by block, with `write` (by slot), `read` (gather blocks) and `roundtrip`."""
 
     def __init__(
-        self, kv_dtype: str, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        kv_dtype: str,
+        num_blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         check_kv_dtype(kv_dtype)
         self.kv_dtype = kv_dtype
         self.dtype = dtype  # the compute dtype reads return
         # fp8 bits live in a uint8 tensor: CPU index_copy_ / index_select do not take float8 dtypes
         store = {"auto": dtype, "fp8": torch.uint8, "int8": torch.int8}[kv_dtype]
-        shape = (slots, kv_heads, head_dim)
+        shape = (num_blocks, block_size, kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=store, device=device)
         self.v = torch.zeros(shape, dtype=store, device=device)
         self.k_scale = self.v_scale = None
         if kv_dtype == "int8":
-            self.k_scale = torch.zeros((slots, kv_heads, 1), dtype=torch.float32, device=device)
-            self.v_scale = torch.zeros((slots, kv_heads, 1), dtype=torch.float32, device=device)
+            self.k_scale = torch.zeros((*shape[:3], 1), dtype=SCALE_DTYPE, device=device)
+            self.v_scale = torch.zeros((*shape[:3], 1), dtype=SCALE_DTYPE, device=device)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per block, read from the pool's own shape."""
+        return self.k.shape[1]
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer's pool holds (for memory accounting)."""
@@ -67,7 +89,7 @@ class LayerKV:
         if self.kv_dtype == "int8":
             x = x.float()
             scale = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_(min=1e-8)
-            return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
+            return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale.to(SCALE_DTYPE)
         return x, None
 
     def _decode(self, q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
@@ -78,23 +100,19 @@ class LayerKV:
 
     # the three operations attention needs ---------------------------------------------------
     def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store new tokens' K/V [T, kv_heads, head_dim] at pool rows `slots`."""
+        """Store new tokens' K/V [T, kv_heads, head_dim] at token `slots` (block * block_size + offset)."""
         qk, sk = self._encode(k)
         qv, sv = self._encode(v)
-        self.k.index_copy_(0, slots, qk)
-        self.v.index_copy_(0, slots, qv)
+        by_slot(self.k).index_copy_(0, slots, qk)
+        by_slot(self.v).index_copy_(0, slots, qv)
         if sk is not None:
-            self.k_scale.index_copy_(0, slots, sk)
-            self.v_scale.index_copy_(0, slots, sv)
+            by_slot(self.k_scale).index_copy_(0, slots, sk)
+            by_slot(self.v_scale).index_copy_(0, slots, sv)
 
-    def read(self, block_table: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, block_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the given blocks in order, in the compute dtype: [..., blocks * block_size, heads, dim]."""
-        k = self._decode(
-            gather(self.k, block_table, block_size), self._gather_scale(self.k_scale, block_table, block_size)
-        )
-        v = self._decode(
-            gather(self.v, block_table, block_size), self._gather_scale(self.v_scale, block_table, block_size)
-        )
+        k = self._decode(gather(self.k, block_table), gather(self.k_scale, block_table))
+        v = self._decode(gather(self.v, block_table), gather(self.v_scale, block_table))
         return k, v
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,13 +121,16 @@ class LayerKV:
             return x
         return self._decode(*self._encode(x))
 
-    @staticmethod
-    def _gather_scale(scale: torch.Tensor | None, block_table: torch.Tensor, block_size: int) -> torch.Tensor | None:
-        return None if scale is None else gather(scale, block_table, block_size)
+
+def by_slot(pool: torch.Tensor) -> torch.Tensor:
+    """A [num_blocks * block_size, ...] view of a block-shaped pool tensor (row = token slot): writes
+    through it land in the pool (`view`, unlike `flatten`, never silently copies)."""
+    return pool.view(-1, *pool.shape[2:])
 
 
-def gather(cache: torch.Tensor, block_table: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Rows of the given blocks, in order: [..., num_blocks * block_size, *cache.shape[1:]]."""
-    blocks = cache.view(-1, block_size, *cache.shape[1:])
-    out = blocks.index_select(0, block_table.reshape(-1))
-    return out.view(*block_table.shape[:-1], -1, *cache.shape[1:])
+def gather(pool: torch.Tensor | None, block_table: torch.Tensor) -> torch.Tensor | None:
+    """The given blocks' rows, in order: [..., blocks * block_size, *pool.shape[2:]] (None for no pool)."""
+    if pool is None:
+        return None
+    out = pool.index_select(0, block_table.reshape(-1))
+    return out.view(*block_table.shape[:-1], -1, *pool.shape[2:])

@@ -33,12 +33,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: dict, block_size: int) -> None:
+    def __init__(self, cfg: dict) -> None:
         super().__init__()
         self.num_heads = cfg["num_attention_heads"]
         self.num_kv_heads = cfg.get("num_key_value_heads", self.num_heads)
         self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // self.num_heads
-        self.block_size = block_size
         self.scale = self.head_dim**-0.5
         bias = cfg.get("attention_bias", False) or cfg.get("model_type") == "qwen2"
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -51,7 +50,7 @@ class Attention(nn.Module):
         q = rotate(q.view(-1, self.num_heads, self.head_dim), cos, sin)
         k = rotate(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        o = paged_attention(q, k, v, kv_cache, meta, self.block_size, self.scale)
+        o = paged_attention(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(o.reshape(x.shape[0], -1))
 
 
@@ -68,11 +67,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: dict, block_size: int) -> None:
+    def __init__(self, cfg: dict) -> None:
         super().__init__()
         eps = cfg.get("rms_norm_eps", 1e-5)
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.self_attn = Attention(cfg, block_size)
+        self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
         self.mlp = MLP(cfg)
 
@@ -84,14 +83,14 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     """Decoder stack plus LM head; `forward` returns hidden states, `logits` projects chosen rows."""
 
-    def __init__(self, cfg: dict, block_size: int) -> None:
+    def __init__(self, cfg: dict) -> None:
         super().__init__()
         self.cfg = cfg
         # built on the meta device and filled from the checkpoint: an explicit (uninitialised) table
         # skips nn.Embedding's random init, whose meta-device path imports torch._dynamo (~150 MB)
         table = torch.empty(cfg["vocab_size"], cfg["hidden_size"])
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"], _weight=table)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, block_size) for _ in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-5))
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
         if cfg.get("tie_word_embeddings", False):

@@ -68,7 +68,6 @@ def allocate_parameters(model: nn.Module, device: torch.device, dtype: torch.dty
 def load_model(
     path: Path,
     cfg: dict,
-    block_size: int,
     dtype: torch.dtype,
     device: torch.device,
     weights: str | None = None,
@@ -87,7 +86,7 @@ def load_model(
     """
     stored = weights is not None and STORAGE_DTYPES.get(weights) != dtype
     with torch.device("meta"):
-        model = LlamaModel(cfg, block_size)
+        model = LlamaModel(cfg)
     allocate_parameters(model, device, torch.float32 if stored else dtype)
     tie = cfg.get("tie_word_embeddings", False)
     if tie:

@@ -30,13 +30,19 @@ def lazy_zeros(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
 
 
 def kv_pool_layer(
-    kv_dtype: str, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    kv_dtype: str,
+    num_blocks: int,
+    block_size: int,
+    kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> LayerKV:
     """One layer's KV pool. On CPU its tensors are `lazy_zeros`: blocks no request has used yet cost
     no RAM (the default pool is 256 MB, and a notebook's short runs use a fraction of it)."""
     if device.type != "cpu":
-        return LayerKV(kv_dtype, slots, kv_heads, head_dim, dtype, device)
-    layer = LayerKV(kv_dtype, slots, kv_heads, head_dim, dtype, torch.device("meta"))
+        return LayerKV(kv_dtype, num_blocks, block_size, kv_heads, head_dim, dtype, device)
+    layer = LayerKV(kv_dtype, num_blocks, block_size, kv_heads, head_dim, dtype, torch.device("meta"))
     for name in ("k", "v", "k_scale", "v_scale"):
         t = getattr(layer, name)
         if t is not None:
@@ -45,7 +51,8 @@ def kv_pool_layer(
 
 
 class ModelRunner:
-    """Holds the model weights, the KV pool tensors and the per-request samplers."""
+    """Holds the model weights, the KV pool tensors (shaped by block: `block_size` is theirs) and the
+    per-request samplers."""
 
     def __init__(
         self,
@@ -62,18 +69,22 @@ class ModelRunner:
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         self.cfg = cfg
-        self.block_size = block_size
         self.device = device
         self.dtype = dtype
         self.seed = seed
-        self.model = load_model(path, cfg, block_size, dtype, device, weights, group_size)
+        self.model = load_model(path, cfg, dtype, device, weights, group_size)
         self.cos, self.sin = rotary_tables(path, cfg, max_model_len, dtype, device)
         attn = self.model.layers[0].self_attn
-        slots = num_blocks * block_size
         self.kv_caches = [
-            kv_pool_layer(kv_dtype, slots, attn.num_kv_heads, attn.head_dim, dtype, device) for _ in self.model.layers
+            kv_pool_layer(kv_dtype, num_blocks, block_size, attn.num_kv_heads, attn.head_dim, dtype, device)
+            for _ in self.model.layers
         ]
         self.generators: dict[str, torch.Generator] = {}
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV block, as the pool is shaped."""
+        return self.kv_caches[0].block_size
 
     @staticmethod
     def kv_bytes_per_block(cfg: dict, block_size: int, dtype: torch.dtype, kv_dtype: str = "auto") -> int:
