@@ -158,6 +158,9 @@ def test_launch_shows_every_setting():
     for name in SPECS:
         assert f"    {name}=" in llmlab.launch.__doc__  # help(llmlab.launch) lists it with its meaning
         assert SPECS[name].doc
+    jedi = pytest.importorskip("jedi")  # what IPython's tab completion asks
+    done = jedi.Interpreter('llmlab.launch("sim", kv_d', [{"llmlab": llmlab}]).complete()
+    assert "kv_dtype=" in [c.name for c in done]
 
 
 @pytest.mark.parametrize("engine", ALL_ENGINES)
