@@ -318,10 +318,10 @@ def _step_table(entries: list[StepRecord | DecodeRun]) -> pd.DataFrame:
     recs, runs, rec_rows, run_rows = _rows_of(entries)
     parts = ([_step_counts(recs)] if recs else []) + ([_run_step_counts(runs)] if runs else [])
     df = _joined(parts, np.argsort(np.concatenate((rec_rows, run_rows)), kind="stable"))
-    columns, rows, _ = _slot_parts(entries)
+    columns, rows, _ = _slot_parts(entries, ("prefill", "num_tokens"))
     n = len(df)
-    is_prefill = columns["phase"] == "prefill" if len(rows) else np.zeros(0, bool)
-    tokens = columns["num_tokens"] if len(rows) else np.zeros(0, "int64")
+    is_prefill = columns.get("prefill", np.zeros(0, bool))
+    tokens = columns.get("num_tokens", np.zeros(0, "int64"))
 
     def per_step(weights: np.ndarray | None = None) -> np.ndarray:
         """Sums over each step's slots (counts without weights)."""
@@ -411,18 +411,20 @@ def _step_counts(recs: list[StepRecord]) -> dict[str, Any]:
     }
 
 
-def _slot_parts(entries: list[StepRecord | DecodeRun]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Every slot of every step, unsorted: the slots frame's columns, each slot's row in the
-    steps frame, and its place in that step's batch."""
+def _slot_parts(
+    entries: list[StepRecord | DecodeRun], want: Iterable[str] = SLOT_COLUMNS
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every slot of every step, unsorted: the `want`ed columns (see `_slot_columns`), each
+    slot's row in the steps frame, and its place in that step's batch."""
     recs, runs, rec_rows, run_rows = _rows_of(entries)
     parts, rows, places = [], [], []
     if recs:
         lens = np.fromiter((len(r.batch) for r in recs), "int64", len(recs))
-        parts.append(_slot_columns(recs))
+        parts.append(_slot_columns(recs, want))
         rows.append(np.repeat(rec_rows, lens))
         places.append(_within(lens))
     if runs:
-        columns, run_slot_rows, run_places = _run_slot_columns(runs, run_rows)
+        columns, run_slot_rows, run_places = _run_slot_columns(runs, run_rows, want)
         parts.append(columns)
         rows.append(run_slot_rows)
         places.append(run_places)
@@ -432,27 +434,28 @@ def _slot_parts(entries: list[StepRecord | DecodeRun]) -> tuple[dict[str, np.nda
     return columns, np.concatenate(rows), np.concatenate(places)
 
 
-def _slot_columns(recs: list[StepRecord]) -> dict[str, np.ndarray]:
-    """The slots frame's columns for step records."""
+def _slot_columns(recs: list[StepRecord], want: Iterable[str]) -> dict[str, np.ndarray]:
+    """The `want`ed slot columns (those of the slots frame, or `prefill`: phase == "prefill") for
+    step records."""
     slots = [s for r in recs for s in r.batch]
-    return {
-        "step": np.repeat([r.step for r in recs], [len(r.batch) for r in recs]),
-        "req_id": np.asarray([s.req_id for s in slots], dtype=object),
-        "phase": np.asarray([s.phase for s in slots], dtype=object),
-        "num_tokens": np.asarray([s.num_tokens for s in slots], dtype="int64"),
-        "context_len": np.asarray([s.context_len for s in slots], dtype="int64"),
+    columns: dict[str, Callable[[], np.ndarray]] = {
+        "step": lambda: np.repeat([r.step for r in recs], [len(r.batch) for r in recs]),
+        "req_id": lambda: np.asarray([s.req_id for s in slots], dtype=object),
+        "phase": lambda: np.asarray([s.phase for s in slots], dtype=object),
+        "prefill": lambda: np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots)),
+        "num_tokens": lambda: np.asarray([s.num_tokens for s in slots], dtype="int64"),
+        "context_len": lambda: np.asarray([s.context_len for s in slots], dtype="int64"),
     }
+    return {c: columns[c]() for c in want}
 
 
 def _run_slot_columns(
-    runs: list[DecodeRun], step_rows: np.ndarray
+    runs: list[DecodeRun], step_rows: np.ndarray, want: Iterable[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The slots frame's columns for decode runs, request by request and then their prefill
-    slots, with each slot's row in the steps frame (`step_rows` holds every run step's) and its
-    place in that step's batch (decodes in row order, then the prefills)."""
+    """The `want`ed slot columns (as `_slot_columns`) for decode runs, request by request and
+    then their prefill slots, with each slot's row in the steps frame (`step_rows` holds every
+    run step's) and its place in that step's batch (decodes in row order, then the prefills)."""
     sizes, firsts, steps, run_of = _run_rows(runs)
-    contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
-    req_ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
     within = _within(steps)
     j = np.repeat(firsts, steps) + within  # each decode slot's step within its run
     slot_run = np.repeat(run_of, steps)
@@ -461,22 +464,33 @@ def _run_slot_columns(
     step0 = np.asarray([r.step for r in runs], dtype="int64")
     slots, at, prefill_run = _run_prefills(runs)
     counts = np.bincount(prefill_run, minlength=len(runs))
-    columns = {
-        "step": np.concatenate((step0[slot_run] + j, step0[prefill_run] + at)),
-        "req_id": np.concatenate((np.repeat(req_ids, steps), np.asarray([s.req_id for s in slots], dtype=object))),
-        "phase": np.concatenate(
+
+    def req_ids() -> np.ndarray:
+        ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
+        return np.concatenate((np.repeat(ids, steps), np.asarray([s.req_id for s in slots], dtype=object)))
+
+    def context_lens() -> np.ndarray:
+        contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
+        prefills = np.fromiter((s.context_len for s in slots), "int64", len(slots))
+        return np.concatenate((np.repeat(contexts, steps) + within, prefills))
+
+    columns: dict[str, Callable[[], np.ndarray]] = {
+        "step": lambda: np.concatenate((step0[slot_run] + j, step0[prefill_run] + at)),
+        "req_id": req_ids,
+        "phase": lambda: np.concatenate(
             (np.full(len(j), "decode", dtype=object), np.asarray([s.phase for s in slots], dtype=object))
         ),
-        "num_tokens": np.concatenate(
+        "prefill": lambda: np.concatenate(
+            (np.zeros(len(j), dtype=bool), np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots)))
+        ),
+        "num_tokens": lambda: np.concatenate(
             (np.ones(len(j), dtype="int64"), np.fromiter((s.num_tokens for s in slots), "int64", len(slots)))
         ),
-        "context_len": np.concatenate(
-            (np.repeat(contexts, steps) + within, np.fromiter((s.context_len for s in slots), "int64", len(slots)))
-        ),
+        "context_len": context_lens,
     }
     rows = np.concatenate((first_row[slot_run] + j, first_row[prefill_run] + at))
     places = np.concatenate((np.repeat(_within(sizes), steps), sizes[prefill_run] + _within(counts)))
-    return columns, rows, places
+    return {c: columns[c]() for c in want}, rows, places
 
 
 def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray) -> pd.DataFrame:
