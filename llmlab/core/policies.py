@@ -23,11 +23,11 @@ if TYPE_CHECKING:  # the scheduler holds a policy; a policy only reads the sched
 
 
 class Policy:
-    """Picks one step's batch. Every policy here depends only on the queues, the requests' token
-    counts and the pool, and never schedules more tokens than the step before while nobody new
-    arrives: so once it has batched every running request with nobody waiting, and each one has
-    finished its prompt, it batches them all as decodes again until something arrives or the
-    pool runs short (the simulator computes such stretches in bulk).
+    """Picks one step's batch. What the simulator's fast path relies on, true of every policy
+    here: once a policy has batched every running request with nobody waiting, and each has
+    finished its prompt, it batches them all as decodes again while nothing arrives and the pool
+    serves them (one token each fits the budget that held at least that many). The simulator
+    computes such stretches in bulk, so a new policy must keep this (tests/test_sim.py checks it).
     """
 
     name = ""

@@ -131,27 +131,23 @@ class Scheduler:
     def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
         """Advance requests by the computed tokens, append sampled ones; return those that finished."""
         finished: list[Request] = []
+        bs = self.blocks.block_size
         for item in batch.items:
             req = item.request
             if req.status is Status.FINISHED:  # aborted while the step ran
                 continue
-            end = item.start + item.num_tokens
-            self._advance(req, item.start, end, sampled.get(req.req_id) if end == req.num_tokens else None, finished)
-        return finished
-
-    def _advance(self, req: Request, start: int, end: int, token: int | None, finished: list[Request]) -> None:
-        """`req` computed tokens start..end, then sampled `token` (None: it did not sample)."""
-        req.num_computed_tokens = end
-        blocks = self.blocks
-        bs = blocks.block_size
-        if end // bs > start // bs or req.req_id in blocks.pending_duplicates:  # a block filled, or one waits
-            blocks.commit(req)
-        if token is not None:
-            reason = req.append_token(token)
+            start, end = item.start, item.start + item.num_tokens
+            req.num_computed_tokens = end
+            if end // bs > start // bs or req.req_id in self.blocks.pending_duplicates:  # a block filled, or one waits
+                self.blocks.commit(req)
+            if end < req.num_tokens or req.req_id not in sampled:
+                continue  # a prompt chunk: nothing sampled yet
+            reason = req.append_token(sampled[req.req_id])
             if reason is None and req.num_tokens >= self.config.max_model_len:
                 reason = "length"
             if reason is not None:
                 finished.append(self._finish(req, reason))
+        return finished
 
     def finish(self, req: Request, reason: str) -> Request:
         """End a running request early (for example on a stop string)."""
