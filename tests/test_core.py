@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmlab.core.blocks import BlockManager, chain_hashes
+from llmlab.core.blocks import BlockManager, FreeBlockQueue, chain_hashes, token_blocks
 from llmlab.core.policies import POLICIES
 from llmlab.core.request import Request, SamplingParams, Status
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
@@ -38,7 +38,6 @@ def check_blocks(s: Scheduler) -> None:
             holders[b] = holders.get(b, 0) + 1
     for block_id, refs in enumerate(bm.ref_counts):
         assert refs == holders.get(block_id, 0)
-    assert bm._num_shared == sum(1 for refs in bm.ref_counts if refs > 1)
     assert sorted(bm.free_blocks()) == [b for b, refs in enumerate(bm.ref_counts) if refs == 0]
     # the prefix cache and the block hashes point at each other; cached-free blocks are free and hashed
     assert {(h, b) for h, b in bm.cached.items()} == {(h, b) for b, h in enumerate(bm.block_hashes) if h is not None}
@@ -86,20 +85,34 @@ def test_chain_hashes_depend_on_the_whole_prefix():
     assert chain_hashes(Request("c", [1, 2, 3, 4, 5, 6, 7, 8]), 4, a[:1]) == a
 
 
-def test_range_prompts_hash_by_their_ids():
-    """A range prompt's blocks are named by their first id: equal ranges share every hash,
-    different ones share none, and output tokens chain on as for a list prompt."""
-    r = Request("r", range(100, 110))
+def test_prompts_hash_by_their_ids():
+    """Equal prompts share every hash, shifted ones share none, and output tokens chain on."""
+    r = Request("r", list(range(100, 110)))
     for token in (7, 8, 9):
         r.append_token(token)
-    same = Request("same", range(100, 113))
-    shifted = Request("shifted", range(101, 114))
+    same = Request("same", list(range(100, 113)))
+    shifted = Request("shifted", list(range(101, 114)))
     hashes = chain_hashes(r, 4)
     assert len(hashes) == 3
     assert chain_hashes(same, 4)[:2] == hashes[:2]
     assert chain_hashes(same, 4)[2] != hashes[2]  # block 2 holds 108..111 there, 108, 109, 7, 8 here
     assert not set(chain_hashes(shifted, 4)) & set(hashes)
     assert chain_hashes(r, 4, hashes[:1]) == hashes  # extending known hashes gives the same chain
+    assert list(token_blocks([1, 2, 3, 4, 5, 6, 7], 3)) == [(1, 2, 3), (4, 5, 6)]  # a partial block is left out
+
+
+def test_free_block_queue_takes_blocks_back_from_the_middle():
+    q = FreeBlockQueue([0, 1, 2, 3, 4])
+    q.remove(2)  # a prefix hit on a free block: it leaves the queue wherever it is
+    q.remove(0)
+    assert list(q) == [1, 3, 4] and len(q) == 3
+    q.append([2, 0])  # freed again: at the back, after the stale entries
+    assert list(q) == [1, 3, 4, 2, 0]
+    assert q.popleft(2) == [1, 3]  # the stale entry of 0 at the front is skipped
+    q.remove(4)
+    assert q.popleft(2) == [2, 0] and len(q) == 0 and list(q) == []
+    q.append([5, 6])
+    assert q.popleft(1) == [5] and list(q) == [6]
 
 
 def test_prefix_blocks_are_shared_and_counted():

@@ -10,7 +10,7 @@ import pytest
 import llmlab
 from llmlab import workloads
 from llmlab.core.request import Request
-from llmlab.engines.sim import ReplayStepTimes, SimEngine
+from llmlab.engines.sim import ReplayStepTimes, SimEngine, fast_forward, window_ids
 from llmlab.session.driver import Session
 from llmlab.session.trace import Trace
 
@@ -329,24 +329,25 @@ def test_fast_forward_records_the_same_trace_as_stepping(policy, pool):
 @pytest.mark.parametrize("policy", ["chunked", "splitfuse"])
 def test_steady_batches_match_the_policy_with_chunked_prompts_and_a_short_pool(policy, monkeypatch):
     # long prompts against a 64-token budget arrive in bursts: steps mix decodes, chunked
-    # prefills and a queue, and the small pool preempts; a batch built in one pass must be
-    # the policy's own batch in every step where it is built
-    built = []
-    original = SimEngine._steady_start
+    # prefills and a queue, and the small pool preempts; the policy builds every batch, and
+    # the stretches computed in bulk between them must be the steps it would have built
+    bulk = []
+    original = fast_forward._bulk_decode
 
-    def spy(self):
-        start = original(self)
-        built.append(start is not None)
-        return start
+    def spy(*args):
+        done = original(*args)
+        bulk.append(done)
+        return done
 
-    monkeypatch.setattr(SimEngine, "_steady_start", spy)
+    monkeypatch.setattr(fast_forward, "_bulk_decode", spy)
     wl = workloads.poisson(rate=200, n=40, prompt_len=(30, 120), output_len=(4, 40), seed=3)
     (slow_eng, slow), (fast_eng, fast) = _ff_pair(wl, policy=policy, **{**SMALL, "block_size": 4, "num_blocks": 60})
-    assert any(built) and not all(built)
+    assert any(bulk)
     assert slow.summary()["preemptions"] > 0
     runs = [e for e in fast.trace._entries if type(e).__name__ == "DecodeRun"]
     assert any(not new for r in runs for new in r.prefill_admitted)  # prompts went on inside runs
     assert any(r.waiting for r in runs)  # and steps with a queue
+    assert any(type(e).__name__ == "StepRecord" and e.preempted for e in fast.trace._entries)  # stepped alone
     assert [r.to_dict() for r in fast.trace.step_records] == [r.to_dict() for r in slow.trace.step_records]
     assert _pool_state(fast_eng) == _pool_state(slow_eng)
 
@@ -379,8 +380,8 @@ def test_fast_forward_with_identical_prompts_and_duplicate_blocks(num_blocks, mo
     # and a small pool evicts cached prefixes during the decode runs; here commits touch the same
     # prefixes, so the decode runs must take the step-by-step block path
     stepwise = []
-    original = SimEngine._advance_stepwise
-    monkeypatch.setattr(SimEngine, "_advance_stepwise", lambda self, *a: stepwise.append(1) or original(self, *a))
+    original = fast_forward._advance_stepwise
+    monkeypatch.setattr(fast_forward, "_advance_stepwise", lambda *a: stepwise.append(1) or original(*a))
     prompts = [list(range(1, 14))] * 6 + [[1, 2, 3, 4, 5, 6, 7, 8, 20, 21]] * 3
     wl = workloads.fixed(prompts, max_tokens=50)
     knobs = dict(model="smollm2-135m", gpu="H100-SXM", block_size=4, max_model_len=128)
@@ -431,3 +432,29 @@ def test_fast_forward_closed_loop_and_live_subscribers_see_every_step(tmp_path):
     assert [r.to_dict() for r in seen] == [r.to_dict() for r in slow.trace.step_records]
     back = Trace.load(run.save(tmp_path / "ff.jsonl"))  # a file holds every step, expanded
     assert [r.to_dict() for r in back.step_records] == [r.to_dict() for r in slow.trace.step_records]
+
+
+def test_memory_reports_the_native_engines_keys():
+    eng = llmlab.launch("sim", model="smollm2-135m", gpu="H100-SXM")
+    plan, mem = eng.memory_plan, eng.memory()
+    assert mem["weights"] == eng.info.config["weights"] and mem["kv_dtype"] == eng.info.config["kv_dtype"]
+    assert mem["num_blocks"] == eng.blocks.num_blocks == plan.kv_blocks
+    assert mem["block_size"] == eng.blocks.block_size
+    assert mem["kv_tokens"] == mem["num_blocks"] * mem["block_size"] == plan.kv_tokens
+    assert mem["weight_bytes"] == int(plan.weights_bytes) > 0
+    assert mem["kv_bytes_per_block"] == int(plan.kv_bytes_per_token * mem["block_size"]) > 0
+    given = llmlab.launch("sim", step_time=lambda s: 0.0, num_blocks=4)  # no plan: only the pool is known
+    assert given.memory_plan is None
+    assert given.memory()["weight_bytes"] is None and given.memory()["num_blocks"] == 4
+
+
+def test_corpus_windows_are_lists_of_shared_ids_left_out_of_completions():
+    a, b = window_ids(100, 40), window_ids(90, 50)
+    assert type(a) is list and a == list(range(100, 140)) and b == list(range(90, 140))
+    assert all(x is y for x, y in zip(a, b[10:], strict=True))  # the same int objects: none made per window
+    wl = workloads.synthetic(3, prompt_len=(8, 20), output_len=4, seed=0)
+    wl.items[0] = workloads.WorkItem("ids", prompt=[5, 6, 7, 8], max_tokens=4)
+    run = llmlab.launch("sim", step_time=lambda s: 0.001, num_blocks=32, block_size=4).run(wl)
+    assert run.error is None
+    assert run.outputs["ids"].prompt_token_ids == [5, 6, 7, 8]
+    assert all(run.outputs[i.req_id].prompt_token_ids == [] for i in wl.items[1:])

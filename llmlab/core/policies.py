@@ -13,18 +13,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from llmlab.core.batch import Batch
 from llmlab.core.request import Request
-from llmlab.core.scheduler import Batch, Scheduler
+
+if TYPE_CHECKING:  # the scheduler holds a policy; a policy only reads the scheduler it is given
+    from llmlab.core.scheduler import Scheduler
 
 
 class Policy:
+    """Picks one step's batch. What the simulator's fast path relies on, true of every policy
+    here: once a policy has batched every running request with nobody waiting, and each has
+    finished its prompt, it batches them all as decodes again while nothing arrives and the pool
+    serves them (one token each fits the budget that held at least that many). The simulator
+    computes such stretches in bulk, so a new policy must keep this (tests/test_sim.py checks it).
+    """
+
     name = ""
     always_chunk = False  # chunk prompts even when enable_chunked_prefill is off
-    # with every running request decoding but perhaps the last, partway through its prompt, and
-    # the pool serving them all, a step is all the decodes, that prompt's next chunk, then
-    # `admit_waiting` (the simulator builds such a step in one pass)
-    decodes_then_admits = False
 
     def schedule(self, s: Scheduler) -> Batch:
         raise NotImplementedError
@@ -59,7 +66,6 @@ class Policy:
 
 class Chunked(Policy):
     name = "chunked"
-    decodes_then_admits = True
 
     def schedule(self, s: Scheduler) -> Batch:
         batch = Batch()
@@ -87,7 +93,6 @@ class PrefillFirst(Policy):
 class SplitFuse(Policy):
     name = "splitfuse"
     always_chunk = True
-    decodes_then_admits = True
 
     def schedule(self, s: Scheduler) -> Batch:
         batch = Batch()

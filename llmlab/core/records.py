@@ -61,6 +61,11 @@ class StepRecord:
     source: Source = "exact"
 
     @property
+    def num_steps(self) -> int:
+        """1: one step (a `DecodeRun` counts several)."""
+        return 1
+
+    @property
     def prefill_tokens(self) -> int:
         return sum(s.num_tokens for s in self.batch if s.phase == "prefill")
 
@@ -85,9 +90,9 @@ class StepRecord:
 
 @dataclass(slots=True)
 class DecodeRun:
-    """Consecutive steps stored compactly: in each, every running request decodes one token but
-    perhaps one partway through its prompt, and requests that arrived meanwhile may be admitted;
-    nobody is preempted. Row i (`req_ids[i]`) decodes one token in each of `steps[i]` steps from
+    """Consecutive steps stored compactly: in each, every running request is in the batch, the
+    decodes first, then prompt chunks (requests admitted there, or prompts going on); nobody
+    is preempted. Row i (`req_ids[i]`) decodes one token in each of `steps[i]` steps from
     step `first_steps[i]` (0 when not given); a row in fewer steps than the run's rest finished
     in its last one. `prefills[m]` is a prompt chunk computed in step `prefill_at[m]` after that
     step's decodes: a request admitted there (`prefill_admitted[m]`, with `prefill_hits[m]` of

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -74,14 +73,14 @@ class Request:
     def __init__(
         self,
         req_id: str,
-        prompt_token_ids: list[int] | range,
+        prompt_token_ids: list[int],
         params: SamplingParams | None = None,
         arrival: float = 0.0,
         eos_token_ids: tuple[int, ...] = (),
     ) -> None:
         self.req_id = req_id
-        # a range (the simulator's stand-in for a corpus window) stays a range: no per-token objects
-        self.prompt_token_ids = prompt_token_ids if isinstance(prompt_token_ids, range) else list(prompt_token_ids)
+        # a list is kept as given (the caller hands it over, nothing here changes it): no copy
+        self.prompt_token_ids = prompt_token_ids if type(prompt_token_ids) is list else list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.params = params or SamplingParams()
         self.arrival = arrival
@@ -100,8 +99,8 @@ class Request:
     def all_token_ids(self) -> list[int]:
         return [*self.prompt_token_ids, *self.output_token_ids]
 
-    def token_ids(self, start: int, stop: int) -> Sequence[int]:
-        """Tokens `start:stop` of prompt plus output (a list, or a range for a range prompt)."""
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """Tokens `start:stop` of prompt plus output."""
         p = self.num_prompt_tokens
         if stop <= p:
             return self.prompt_token_ids[start:stop]

@@ -8,12 +8,16 @@ advances every request by what was computed and sampled.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from llmlab.config import SettingTypeError, check_settings
+from llmlab.core.batch import Batch, ScheduledRequest, phase_of
 from llmlab.core.blocks import BlockManager
-from llmlab.core.records import Phase, Slot, StepRecord
+from llmlab.core.policies import POLICIES
+from llmlab.core.records import Slot, StepRecord
 from llmlab.core.request import Request, Status
+
+__all__ = ["Batch", "ScheduledRequest", "Scheduler", "SchedulerConfig", "phase_of"]
 
 
 @dataclass
@@ -43,51 +47,10 @@ class SchedulerConfig:
             )
 
 
-@dataclass(slots=True)
-class ScheduledRequest:
-    """One request's part in a step: `num_tokens` from position `start`, and whether it samples."""
-
-    request: Request
-    start: int
-    num_tokens: int
-    phase: Phase
-
-    @property
-    def samples(self) -> bool:
-        return self.start + self.num_tokens == self.request.num_tokens
-
-    @property
-    def context_len(self) -> int:
-        """Tokens in the request's KV cache after the step (as `Slot.context_len`)."""
-        return self.start + self.num_tokens
-
-
-@dataclass
-class Batch:
-    """What one step computes, plus the queue changes scheduling made."""
-
-    items: list[ScheduledRequest] = field(default_factory=list)
-    admitted: list[str] = field(default_factory=list)
-    preempted: list[str] = field(default_factory=list)
-    prefix_hit_tokens: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(i.num_tokens for i in self.items)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def slots(self) -> list[Slot]:
-        return [Slot(i.request.req_id, i.phase, i.num_tokens, i.start + i.num_tokens) for i in self.items]
-
-
 class Scheduler:
     """Queues plus the block pool, driven one step at a time by a batching policy."""
 
     def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
-        from llmlab.core.policies import POLICIES
-
         config.validate()
         self.config = config
         self.blocks = blocks
@@ -168,36 +131,23 @@ class Scheduler:
     def update(self, batch: Batch, sampled: dict[str, int]) -> list[Request]:
         """Advance requests by the computed tokens, append sampled ones; return those that finished."""
         finished: list[Request] = []
+        bs = self.blocks.block_size
         for item in batch.items:
             req = item.request
             if req.status is Status.FINISHED:  # aborted while the step ran
                 continue
-            end = item.start + item.num_tokens
-            self._advance(req, item.start, end, sampled.get(req.req_id) if end == req.num_tokens else None, finished)
-        return finished
-
-    def decode(self, reqs: list[Request], token_id: int) -> list[Request]:
-        """`update` for a step in which each of `reqs` computed its last token and sampled
-        `token_id` (the simulator's steady steps, without a batch item each)."""
-        finished: list[Request] = []
-        for req in reqs:
-            c = req.num_computed_tokens
-            self._advance(req, c, c + 1, token_id, finished)
-        return finished
-
-    def _advance(self, req: Request, start: int, end: int, token: int | None, finished: list[Request]) -> None:
-        """`req` computed tokens start..end, then sampled `token` (None: it did not sample)."""
-        req.num_computed_tokens = end
-        blocks = self.blocks
-        bs = blocks.block_size
-        if end // bs > start // bs or req.req_id in blocks.pending_duplicates:  # a block filled, or one waits
-            blocks.commit(req)
-        if token is not None:
-            reason = req.append_token(token)
+            start, end = item.start, item.start + item.num_tokens
+            req.num_computed_tokens = end
+            if end // bs > start // bs or req.req_id in self.blocks.pending_duplicates:  # a block filled, or one waits
+                self.blocks.commit(req)
+            if end < req.num_tokens or req.req_id not in sampled:
+                continue  # a prompt chunk: nothing sampled yet
+            reason = req.append_token(sampled[req.req_id])
             if reason is None and req.num_tokens >= self.config.max_model_len:
                 reason = "length"
             if reason is not None:
                 finished.append(self._finish(req, reason))
+        return finished
 
     def finish(self, req: Request, reason: str) -> Request:
         """End a running request early (for example on a stop string)."""
@@ -258,10 +208,3 @@ class Scheduler:
         req.num_preemptions += 1
         req.status = Status.WAITING
         self.waiting.appendleft(req)
-
-
-def phase_of(req: Request, num_tokens: int) -> Phase:
-    """A step that computes just the last sampled token is a decode; anything else is prefill."""
-    if num_tokens == 1 and req.decoding:
-        return "decode"
-    return "prefill"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,16 +83,6 @@ class EngineCore:
 
     def step(self) -> EngineStep:
         raise NotImplementedError
-
-    def step_until(
-        self, until: float | None, past_finishes: bool = True, arrive: Callable[[float], float | None] | None = None
-    ) -> EngineStep:
-        """One step; an engine that can may instead compute several steady decode steps at once
-        (a `DecodeRun`), none starting at or after `until` on its clock (the next arrival), and
-        none after a request finishes unless `past_finishes` (no one waits for a finish to arrive).
-        With `arrive`, it may step on past `until`: `arrive(clock)` adds the requests that have
-        arrived by then and returns the next arrival's time (or None)."""
-        return self.step()
 
     def abort(self, req_id: str) -> None:
         raise NotImplementedError

@@ -8,8 +8,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from llmlab.core.records import Completion, DecodeRun, RequestRecord
+from llmlab.core.records import Completion, DecodeRun, RequestRecord, StepRecord
 from llmlab.engines.base import EngineCore, EngineStep
 from llmlab.session.run import Run
 from llmlab.session.trace import Trace
@@ -75,8 +76,9 @@ class Session:
         closed = self.workload.concurrency  # users in a closed loop, or None for open-loop arrivals
         limit = closed or len(pending) or 1
         in_flight: set[str] = set()
-        records = trace.request_records
         stopped = run._stop.is_set
+        # an engine that can compute several steps at once (the simulator) offers a fast path
+        fast = getattr(engine, "fast_path", None)
         t0 = engine.now()
         step = 0
 
@@ -113,34 +115,13 @@ class Session:
                 # in a closed loop every finish lets the next request in, so a run must stop at one
                 past_finishes = not (pending and closed)
                 ts = engine.now()
-                out = engine.step_until(until, past_finishes, None if closed else arrive)
-                rec = out.record
-                if isinstance(rec, DecodeRun):
-                    self._record_decode_run(rec, out, step, ts - t0, t0, in_flight)
-                    step += rec.num_steps
-                    if run._subscribers:
-                        for r in rec.expand():
-                            run._publish(r)
-                    continue
-                te = engine.now() - t0
-                rec.step, rec.t_start, rec.t_end = step, ts - t0, te
-                for slot in rec.batch:
-                    r = records[slot.req_id]
-                    if r.first_scheduled is None:
-                        r.first_scheduled = rec.t_start
-                for req_id, n in out.new_tokens.items():
-                    r = records[req_id]
-                    r.token_times.extend([te] * n)
-                    r.output_tokens += n
-                    if r.first_token is None:
-                        r.first_token = te
-                for req_id in rec.preempted:
-                    records[req_id].num_preemptions += 1
-                for c in out.finished:
-                    self._finish(c, te, in_flight, out.errors.get(c.req_id))
-                trace.add_step(rec)
-                step += 1
-                run._publish(rec)
+                if fast is not None:
+                    outs = fast.advance(until, past_finishes, None if closed else arrive)
+                else:
+                    outs = [engine.step()]
+                for out in outs:
+                    ts = self._record(out, step, ts, t0, in_flight)
+                    step += out.record.num_steps
             run.status = "stopped" if stopped() else "finished"
         except Exception as exc:  # the run fails; the engine must stay usable
             run.error = exc
@@ -175,31 +156,36 @@ class Session:
                 self.on_end()
             run._done.set()
 
-    def _record_decode_run(
-        self, rec: DecodeRun, out: EngineStep, step: int, start: float, t0: float, in_flight: set[str]
-    ) -> None:
-        """Stamp a run of decode steps and give each of its requests one token per step (and
-        the prompts it finishes their first)."""
-        rec.step, rec.t_start = step, start
-        rec.t_ends = ends = [t - t0 for t in rec.t_ends]
-        k = len(ends)
-        records = self.run.trace.request_records
-        for slot, j, samples in zip(rec.prefills, rec.prefill_at, rec.prefill_samples, strict=True):
-            r = records[slot.req_id]  # a prompt chunk in step j: the first token, if the prompt is done
-            if r.first_scheduled is None:
-                r.first_scheduled = ends[j - 1] if j else start
-            if samples:
-                r.token_times.append(ends[j])
-                r.output_tokens += 1
-                if r.first_token is None:
-                    r.first_token = ends[j]
-        for req_id, first, n in zip(rec.req_ids, rec.firsts(), rec.steps, strict=True):
+    def _record(self, out: EngineStep, step: int, start: float, t0: float, in_flight: set[str]) -> float:
+        """Stamp one step, or a `DecodeRun` of several, that began at `start` on the engine's clock
+        with its index and times; credit each request its scheduling, tokens, preemptions and
+        finish; hand it to the trace and the subscribers. Returns when it ended (engine clock)."""
+        rec, run = out.record, self.run
+        records = run.trace.request_records
+        stretch = _Stretch.of(out, self.engine.now())
+        rec.step, rec.t_start = step, start - t0
+        ends = [t - t0 for t in stretch.t_ends]
+        stretch.stamp(ends)
+        for req_id, j in stretch.scheduled:
             r = records[req_id]
-            r.token_times.extend(ends if n == k else ends[first : first + n])
-            r.output_tokens += n
-        for c, n in zip(out.finished, rec.finish_steps(), strict=True):
-            self._finish(c, ends[n - 1], in_flight, out.errors.get(c.req_id))
-        self.run.trace.add_step(rec)
+            if r.first_scheduled is None:
+                r.first_scheduled = ends[j - 1] if j else rec.t_start
+        for req_id, first, n, per_step in stretch.tokens:
+            r = records[req_id]
+            times = ends[first : first + n] if per_step == 1 else [ends[first]] * per_step
+            r.token_times.extend(times)
+            r.output_tokens += len(times)
+            if r.first_token is None and times:
+                r.first_token = times[0]
+        for req_id in stretch.preempted:
+            records[req_id].num_preemptions += 1
+        for c, j in zip(out.finished, stretch.finish_steps, strict=True):
+            self._finish(c, ends[j - 1], in_flight, out.errors.get(c.req_id))
+        run.trace.add_step(rec)
+        if run._subscribers:
+            for r in stretch.expand():
+                run._publish(r)
+        return stretch.t_ends[-1]
 
     def _finish(self, c: Completion, te: float, in_flight: set[str], error: str | None = None) -> None:
         """Record a request that finished in a step that ended at `te` (with `error`: it failed alone)."""
@@ -210,3 +196,43 @@ class Session:
             r.error = error
         trace.add_output(c)
         in_flight.discard(c.req_id)
+
+
+@dataclass
+class _Stretch:
+    """What the session records of an engine's result, alike for one step and a `DecodeRun`:
+    step ends on the engine's clock; who was first scheduled in step j; who got tokens, as
+    (req_id, first step, steps, tokens each step); who was preempted; in which step (from 1)
+    each finished request ended."""
+
+    record: StepRecord | DecodeRun
+    t_ends: list[float]
+    scheduled: list[tuple[str, int]]
+    tokens: list[tuple[str, int, int, int]]
+    preempted: list[str]
+    finish_steps: list[int]
+
+    @classmethod
+    def of(cls, out: EngineStep, now: float) -> _Stretch:
+        """The stretch of `out`; a single step ends at `now`."""
+        rec = out.record
+        if isinstance(rec, DecodeRun):
+            prefills = zip(rec.prefills, rec.prefill_at, rec.prefill_samples, strict=True)
+            tokens = [(slot.req_id, j, 1, 1) for slot, j, samples in prefills if samples]  # prompts done first
+            tokens += [(r, f, n, 1) for r, f, n in zip(rec.req_ids, rec.firsts(), rec.steps, strict=True)]
+            scheduled = [(slot.req_id, j) for slot, j in zip(rec.prefills, rec.prefill_at, strict=True)]
+            return cls(rec, rec.t_ends, scheduled, tokens, [], rec.finish_steps())
+        scheduled = [(slot.req_id, 0) for slot in rec.batch]
+        tokens = [(req_id, 0, 1, n) for req_id, n in out.new_tokens.items()]
+        return cls(rec, [now], scheduled, tokens, rec.preempted, [1] * len(out.finished))
+
+    def stamp(self, ends: list[float]) -> None:
+        """Write the step ends (seconds since the run started) into the record."""
+        if isinstance(self.record, DecodeRun):
+            self.record.t_ends = ends
+        else:
+            self.record.t_end = ends[0]
+
+    def expand(self) -> list[StepRecord]:
+        """One `StepRecord` per step."""
+        return self.record.expand() if isinstance(self.record, DecodeRun) else [self.record]

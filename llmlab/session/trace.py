@@ -127,12 +127,7 @@ class Trace:
         entries = self._snapshot()[0]
         if not entries:
             return _frame({}, STEP_COLUMNS, {"source": "str"})
-        # the step records in one pass and the decode runs in another, then placed in entry order
-        recs, runs, rec_rows, run_rows = _rows_of(entries)
-        parts = ([_step_columns(recs)] if recs else []) + ([_run_step_columns(runs)] if runs else [])
-        df = _joined(parts, np.argsort(np.concatenate((rec_rows, run_rows)), kind="stable"))
-        df["duration"] = df["t_end"] - df["t_start"]
-        return df[STEP_COLUMNS]
+        return _step_table(entries)
 
     @property
     def requests(self) -> pd.DataFrame:
@@ -153,21 +148,13 @@ class Trace:
     @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
-        recs, runs, rec_rows, run_rows = _rows_of(self._snapshot()[0])
-        if not any(r.batch for r in recs) and not runs:
+        columns, rows, places = _slot_parts(self._snapshot()[0])
+        if not len(rows):
             return _frame({}, SLOT_COLUMNS, {"req_id": "str", "phase": "str"})
         # each slot sorts by its step's row in the steps frame, then its place in the batch
-        lens = np.fromiter((len(r.batch) for r in recs), "int64", len(recs))
-        width = 1 + max(int(lens.max(initial=0)), max((len(r.req_ids) + len(r.prefills) for r in runs), default=0))
-        parts, keys = [], []
-        if recs:
-            parts.append(_slot_columns(recs))
-            keys.append(np.repeat(rec_rows, lens) * width + _within(lens))
-        if runs:
-            columns, rows, places = _run_slot_columns(runs, run_rows)
-            parts.append(columns)
-            keys.append(rows * width + places)
-        return _joined(parts, np.argsort(np.concatenate(keys), kind="stable"))
+        width = 1 + int(places.max())
+        order = np.argsort(rows * width + places, kind="stable")
+        return pd.DataFrame({c: v[order] for c, v in columns.items()})
 
     @property
     def itl(self) -> pd.DataFrame:
@@ -324,8 +311,37 @@ def _run_prefills(runs: list[DecodeRun]) -> tuple[list[Slot], np.ndarray, np.nda
     return slots, at, np.repeat(np.arange(len(runs)), counts)
 
 
-def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
-    """The steps frame's columns (all but duration) for decode runs, all of them at once."""
+def _step_table(entries: list[StepRecord | DecodeRun]) -> pd.DataFrame:
+    """The steps frame, the one place it is built: each step's queue, finish and KV counts read
+    from its record (step records in one pass, decode runs in another, placed in entry order),
+    its batch make-up summed from the slots it holds."""
+    recs, runs, rec_rows, run_rows = _rows_of(entries)
+    parts = ([_step_counts(recs)] if recs else []) + ([_run_step_counts(runs)] if runs else [])
+    df = _joined(parts, np.argsort(np.concatenate((rec_rows, run_rows)), kind="stable"))
+    columns, rows, _ = _slot_parts(entries, ("prefill", "num_tokens"))
+    n = len(df)
+    is_prefill = columns.get("prefill", np.zeros(0, bool))
+    tokens = columns.get("num_tokens", np.zeros(0, "int64"))
+
+    def per_step(weights: np.ndarray | None = None) -> np.ndarray:
+        """Sums over each step's slots (counts without weights)."""
+        return np.bincount(rows, weights=weights, minlength=n).astype("int64")
+
+    df["batch_size"] = per_step()
+    df["num_prefill_reqs"] = per_step(is_prefill)
+    df["num_decode_reqs"] = df["batch_size"] - df["num_prefill_reqs"]
+    df["prefill_tokens"] = per_step(tokens * is_prefill)
+    df["decode_tokens"] = per_step(tokens * ~is_prefill)
+    # a decode run keeps no running count: every running request is in its batch
+    in_run = np.zeros(n, bool)
+    in_run[run_rows] = True
+    df["running"] = np.where(in_run, df["batch_size"] - df["finished"], df["running"])
+    df["duration"] = df["t_end"] - df["t_start"]
+    return df[STEP_COLUMNS]
+
+
+def _run_step_counts(runs: list[DecodeRun]) -> dict[str, Any]:
+    """The steps frame's columns read from decode runs (`_step_table` adds the rest), all at once."""
     k = np.fromiter((r.num_steps for r in runs), "int64", len(runs))
     total = int(k.sum())
     start = np.cumsum(k) - k  # each run's first row
@@ -333,28 +349,11 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     t_start = np.empty(total)
     t_start[1:] = t_end[:-1]
     t_start[start] = [r.t_start for r in runs]
-    # row i of a run decodes from row start + firsts[i] until start + firsts[i] + steps[i], at
-    # the latest the next run's first row: the running sum of joins less leaves counts them
-    _, firsts, steps, run_of = _run_rows(runs)
-    joins = start[run_of] + firsts
-    change = np.bincount(joins, minlength=total + 1) - np.bincount(joins + steps, minlength=total + 1)
-    active = np.cumsum(change)[:total]
-    # prompt chunks (admissions, or prompts going on) sit after the decodes of their step
     slots, at, prefill_run = _run_prefills(runs)
     where = start[prefill_run] + at
-    is_prefill = np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots))
-    tokens = np.fromiter((s.num_tokens for s in slots), "int64", len(slots))
     hits = np.fromiter(chain.from_iterable(r.prefill_hits for r in runs), "int64", len(slots))
     is_new = np.fromiter(chain.from_iterable(r.prefill_admitted for r in runs), bool, len(slots))
-
-    def per_step(weights: np.ndarray | None = None) -> np.ndarray:
-        """Sums over each step's prompt chunks (counts without weights)."""
-        return np.bincount(where, weights=weights, minlength=total).astype("int64")
-
-    extra = per_step()
-    prefill_reqs = per_step(is_prefill)
     ends = [s + n - 1 for s, r in zip(start.tolist(), runs, strict=True) for n in r.finish_steps()]
-    done = np.bincount(np.asarray(ends, dtype="int64"), minlength=total)
     used = np.fromiter(chain.from_iterable(r.kv_used for r in runs), "int64", total)
     cached = np.fromiter(chain.from_iterable(r.kv_cached for r in runs), "int64", total)
     num_blocks = np.repeat([r.num_blocks for r in runs], k)
@@ -362,32 +361,26 @@ def _run_step_columns(runs: list[DecodeRun]) -> dict[str, Any]:
     for s, r in zip(start.tolist(), runs, strict=True):
         for j, n in r.waiting.items():
             waiting[s + j] = n
-    batch = active + extra
     return {
         "step": np.repeat([r.step for r in runs], k) + _within(k),
         "t_start": t_start,
         "t_end": t_end,
-        "batch_size": batch,
-        "prefill_tokens": per_step(tokens * is_prefill),
-        "decode_tokens": active + per_step(tokens * ~is_prefill),
-        "num_prefill_reqs": prefill_reqs,
-        "num_decode_reqs": batch - prefill_reqs,
         "waiting": waiting,
-        "running": batch - done,
-        "admitted": per_step(is_new),
+        "running": np.zeros(total, dtype="int64"),  # `_step_table` counts it from the batch
+        "admitted": np.bincount(where, weights=is_new, minlength=total).astype("int64"),
         "preempted": np.zeros(total, dtype="int64"),
-        "finished": done,
+        "finished": np.bincount(np.asarray(ends, dtype="int64"), minlength=total),
         "kv_used": used,
         "kv_cached": cached,
         "kv_free": num_blocks - used - cached,
         "kv_total": num_blocks,
-        "prefix_hit_tokens": per_step(hits * is_new),
+        "prefix_hit_tokens": np.bincount(where, weights=hits * is_new, minlength=total).astype("int64"),
         "source": np.full(total, "exact", dtype=object),
     }
 
 
-def _step_columns(recs: list[StepRecord]) -> dict[str, Any]:
-    """The steps frame's columns (all but duration) for step records."""
+def _step_counts(recs: list[StepRecord]) -> dict[str, Any]:
+    """The steps frame's columns read from step records (`_step_table` adds the rest)."""
     kvs = [r.kv for r in recs]
     has_kv = all(kv is not None for kv in kvs)
 
@@ -400,17 +393,10 @@ def _step_columns(recs: list[StepRecord]) -> dict[str, Any]:
     def col(values: list[int]) -> np.ndarray:
         return np.asarray(values, dtype="int64")
 
-    num_prefill = col([sum(s.phase == "prefill" for s in r.batch) for r in recs])
-    batch_size = col([len(r.batch) for r in recs])
     return {
         "step": col([r.step for r in recs]),
         "t_start": np.asarray([r.t_start for r in recs], dtype="float64"),
         "t_end": np.asarray([r.t_end for r in recs], dtype="float64"),
-        "batch_size": batch_size,
-        "prefill_tokens": col([r.prefill_tokens for r in recs]),
-        "decode_tokens": col([r.decode_tokens for r in recs]),
-        "num_prefill_reqs": num_prefill,
-        "num_decode_reqs": batch_size - num_prefill,
         "waiting": col([r.waiting for r in recs]),
         "running": col([r.running for r in recs]),
         "admitted": col([len(r.admitted) for r in recs]),
@@ -425,27 +411,51 @@ def _step_columns(recs: list[StepRecord]) -> dict[str, Any]:
     }
 
 
-def _slot_columns(recs: list[StepRecord]) -> dict[str, np.ndarray]:
-    """The slots frame's columns for step records."""
+def _slot_parts(
+    entries: list[StepRecord | DecodeRun], want: Iterable[str] = SLOT_COLUMNS
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every slot of every step, unsorted: the `want`ed columns (see `_slot_columns`), each
+    slot's row in the steps frame, and its place in that step's batch."""
+    recs, runs, rec_rows, run_rows = _rows_of(entries)
+    parts, rows, places = [], [], []
+    if recs:
+        lens = np.fromiter((len(r.batch) for r in recs), "int64", len(recs))
+        parts.append(_slot_columns(recs, want))
+        rows.append(np.repeat(rec_rows, lens))
+        places.append(_within(lens))
+    if runs:
+        columns, run_slot_rows, run_places = _run_slot_columns(runs, run_rows, want)
+        parts.append(columns)
+        rows.append(run_slot_rows)
+        places.append(run_places)
+    if not parts:
+        return {}, np.zeros(0, "int64"), np.zeros(0, "int64")
+    columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    return columns, np.concatenate(rows), np.concatenate(places)
+
+
+def _slot_columns(recs: list[StepRecord], want: Iterable[str]) -> dict[str, np.ndarray]:
+    """The `want`ed slot columns (those of the slots frame, or `prefill`: phase == "prefill") for
+    step records."""
     slots = [s for r in recs for s in r.batch]
-    return {
-        "step": np.repeat([r.step for r in recs], [len(r.batch) for r in recs]),
-        "req_id": np.asarray([s.req_id for s in slots], dtype=object),
-        "phase": np.asarray([s.phase for s in slots], dtype=object),
-        "num_tokens": np.asarray([s.num_tokens for s in slots], dtype="int64"),
-        "context_len": np.asarray([s.context_len for s in slots], dtype="int64"),
+    columns: dict[str, Callable[[], np.ndarray]] = {
+        "step": lambda: np.repeat([r.step for r in recs], [len(r.batch) for r in recs]),
+        "req_id": lambda: np.asarray([s.req_id for s in slots], dtype=object),
+        "phase": lambda: np.asarray([s.phase for s in slots], dtype=object),
+        "prefill": lambda: np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots)),
+        "num_tokens": lambda: np.asarray([s.num_tokens for s in slots], dtype="int64"),
+        "context_len": lambda: np.asarray([s.context_len for s in slots], dtype="int64"),
     }
+    return {c: columns[c]() for c in want}
 
 
 def _run_slot_columns(
-    runs: list[DecodeRun], step_rows: np.ndarray
+    runs: list[DecodeRun], step_rows: np.ndarray, want: Iterable[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The slots frame's columns for decode runs, request by request and then their prefill
-    slots, with each slot's row in the steps frame (`step_rows` holds every run step's) and its
-    place in that step's batch (decodes in row order, then the prefills)."""
+    """The `want`ed slot columns (as `_slot_columns`) for decode runs, request by request and
+    then their prefill slots, with each slot's row in the steps frame (`step_rows` holds every
+    run step's) and its place in that step's batch (decodes in row order, then the prefills)."""
     sizes, firsts, steps, run_of = _run_rows(runs)
-    contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
-    req_ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
     within = _within(steps)
     j = np.repeat(firsts, steps) + within  # each decode slot's step within its run
     slot_run = np.repeat(run_of, steps)
@@ -454,22 +464,33 @@ def _run_slot_columns(
     step0 = np.asarray([r.step for r in runs], dtype="int64")
     slots, at, prefill_run = _run_prefills(runs)
     counts = np.bincount(prefill_run, minlength=len(runs))
-    columns = {
-        "step": np.concatenate((step0[slot_run] + j, step0[prefill_run] + at)),
-        "req_id": np.concatenate((np.repeat(req_ids, steps), np.asarray([s.req_id for s in slots], dtype=object))),
-        "phase": np.concatenate(
+
+    def req_ids() -> np.ndarray:
+        ids = np.asarray(list(chain.from_iterable(r.req_ids for r in runs)), dtype=object)
+        return np.concatenate((np.repeat(ids, steps), np.asarray([s.req_id for s in slots], dtype=object)))
+
+    def context_lens() -> np.ndarray:
+        contexts = np.fromiter(chain.from_iterable(r.context_lens for r in runs), "int64", len(steps))
+        prefills = np.fromiter((s.context_len for s in slots), "int64", len(slots))
+        return np.concatenate((np.repeat(contexts, steps) + within, prefills))
+
+    columns: dict[str, Callable[[], np.ndarray]] = {
+        "step": lambda: np.concatenate((step0[slot_run] + j, step0[prefill_run] + at)),
+        "req_id": req_ids,
+        "phase": lambda: np.concatenate(
             (np.full(len(j), "decode", dtype=object), np.asarray([s.phase for s in slots], dtype=object))
         ),
-        "num_tokens": np.concatenate(
+        "prefill": lambda: np.concatenate(
+            (np.zeros(len(j), dtype=bool), np.fromiter((s.phase == "prefill" for s in slots), bool, len(slots)))
+        ),
+        "num_tokens": lambda: np.concatenate(
             (np.ones(len(j), dtype="int64"), np.fromiter((s.num_tokens for s in slots), "int64", len(slots)))
         ),
-        "context_len": np.concatenate(
-            (np.repeat(contexts, steps) + within, np.fromiter((s.context_len for s in slots), "int64", len(slots)))
-        ),
+        "context_len": context_lens,
     }
     rows = np.concatenate((first_row[slot_run] + j, first_row[prefill_run] + at))
     places = np.concatenate((np.repeat(_within(sizes), steps), sizes[prefill_run] + _within(counts)))
-    return columns, rows, places
+    return {c: columns[c]() for c in want}, rows, places
 
 
 def _joined(parts: list[dict[str, np.ndarray]], order: np.ndarray) -> pd.DataFrame:
