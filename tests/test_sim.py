@@ -278,7 +278,8 @@ def test_a_request_too_big_for_the_pool_is_refused_before_the_run():
 
 
 def test_is_a_sim_engine():
-    assert isinstance(llmlab.launch("sim", step_time=lambda s: 0.0, num_blocks=4), SimEngine)
+    eng = llmlab.launch("sim", step_time=lambda s: 0.0, num_blocks=4)
+    assert isinstance(eng, llmlab.Engine) and isinstance(eng.core, SimEngine)
 
 
 def _ff_pair(wl, **knobs):
