@@ -45,7 +45,7 @@ def assert_clean(eng, run) -> None:
     """The run is over and recorded, its thread gone, every block free (cached ones count as free),
     no request left in the engine, and the engine free for the next run."""
     assert run.done and run.status in ("finished", "stopped", "failed")
-    assert run._thread is None or not run._thread.is_alive()
+    assert run.thread is None or not run.thread.is_alive()
     assert not llmlab_threads()
     assert not eng.has_unfinished() and not eng.requests
     assert eng.blocks.num_used == 0 and eng.blocks.num_free == eng.blocks.num_blocks

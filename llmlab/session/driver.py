@@ -46,16 +46,14 @@ class Session:
         """Drive the run, in a background thread when `live` (`driver` is the thread that drives it).
         The caller holds the engine's `busy` lock; `on_end` is told when the run ends."""
         run = self.run
-        run.status = "running"
-        run._done.clear()
         if not live:
             self.driver = threading.current_thread()
+            run.started()
             self._drive()  # Ctrl-C: the run ends "stopped" (run.error the KeyboardInterrupt), then it re-raises
             return run
-        self.driver = run._thread = threading.Thread(
-            target=self._drive, name=f"llmlab-{self.engine.name}-run", daemon=True
-        )
-        run._thread.start()
+        self.driver = threading.Thread(target=self._drive, name=f"llmlab-{self.engine.name}-run", daemon=True)
+        run.started(self.driver)
+        self.driver.start()
         return run
 
     def _drive(self) -> None:
@@ -76,7 +74,6 @@ class Session:
         closed = self.workload.concurrency  # users in a closed loop, or None for open-loop arrivals
         limit = closed or len(pending) or 1
         in_flight: set[str] = set()
-        stopped = run._stop.is_set
         # an engine that can compute several steps at once (the simulator) offers a fast path
         fast = getattr(engine, "fast_path", None)
         t0 = engine.now()
@@ -99,7 +96,7 @@ class Session:
             return t0 + pending[0][0].arrival if pending else None
 
         try:
-            while (pending or engine.has_unfinished()) and not stopped():
+            while (pending or engine.has_unfinished()) and not run.stop_requested:
                 clock = engine.now()
                 now = clock - t0
                 add_arrivals(clock)
@@ -122,7 +119,7 @@ class Session:
                 for out in outs:
                     ts = self._record(out, step, ts, t0, in_flight)
                     step += out.record.num_steps
-            run.status = "stopped" if stopped() else "finished"
+            run.status = "stopped" if run.stop_requested else "finished"
         except Exception as exc:  # the run fails; the engine must stay usable
             run.error = exc
             run.status = "failed"
@@ -154,7 +151,7 @@ class Session:
         finally:
             if self.on_end is not None:
                 self.on_end()
-            run._done.set()
+            run.ended()
 
     def _record(self, out: EngineStep, step: int, start: float, t0: float, in_flight: set[str]) -> float:
         """Stamp one step, or a `DecodeRun` of several, that began at `start` on the engine's clock
@@ -182,9 +179,9 @@ class Session:
         for c, j in zip(out.finished, stretch.finish_steps, strict=True):
             self._finish(c, ends[j - 1], in_flight, out.errors.get(c.req_id))
         run.trace.add_step(rec)
-        if run._subscribers:
+        if run.watched:
             for r in stretch.expand():
-                run._publish(r)
+                run.publish(r)
         return stretch.t_ends[-1]
 
     def _finish(self, c: Completion, te: float, in_flight: set[str], error: str | None = None) -> None:

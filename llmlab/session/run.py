@@ -54,7 +54,7 @@ class Run:
         self._done = threading.Event()
         self._done.set()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # the thread driving a live run
         self._subscribers: list[Callable[[StepRecord], None]] = []
         self.subscriber_errors: list[Exception] = []
 
@@ -81,7 +81,27 @@ class Run:
         if callback in self._subscribers:
             self._subscribers.remove(callback)
 
-    def _publish(self, rec: StepRecord) -> None:
+    # what the session that drives the run calls -------------------------------------------
+    def started(self, thread: threading.Thread | None = None) -> None:
+        """The run is under way, driven by `thread` (None: by the caller, blocking)."""
+        self.status = "running"
+        self.thread = thread
+        self._done.clear()
+
+    def ended(self) -> None:
+        """The run is over (its status says how): wake whoever waits on it."""
+        self._done.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone subscribed to its steps."""
+        return bool(self._subscribers)
+
+    def publish(self, rec: StepRecord) -> None:
         """Hand a step to every subscriber; a failing subscriber is dropped, the run goes on."""
         for callback in list(self._subscribers):
             try:
