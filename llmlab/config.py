@@ -452,6 +452,19 @@ class EngineConfig:
             if getattr(self, f.name) is not f.default and getattr(self, f.name) != f.default
         }
 
+    def model_len(self, context: int | None) -> int:
+        """The longest sequence for a model with `context` positions (None: unknown): `max_model_len`
+        if it fits, else the shared default (see `default_max_model_len`)."""
+        if self.max_model_len is None:
+            budget = self.max_num_batched_tokens or 512
+            return default_max_model_len(context, budget, self.enable_chunked_prefill, self.policy)
+        if context is not None and self.max_model_len > context:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} exceeds the model's context of {context} tokens: "
+                f"use max_model_len <= {context}"
+            )
+        return self.max_model_len
+
     def for_engine(self, engine: str) -> EngineConfig:
         """This config as `engine` takes it: a setting it cannot honour is refused, naming the nearest
         setting it has; the settings left None get that engine's default."""

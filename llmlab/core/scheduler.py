@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from llmlab.config import SettingTypeError, check_settings
+from llmlab.config import EngineConfig, SettingTypeError, check_settings
 from llmlab.core.batch import Batch, ScheduledRequest, phase_of
 from llmlab.core.blocks import BlockManager
 from llmlab.core.policies import POLICIES
@@ -31,6 +31,19 @@ class SchedulerConfig:
     policy: str = "chunked"
     max_model_len: int = 2048
     watermark: float = 0.01
+
+    @classmethod
+    def of(cls, config: EngineConfig, max_model_len: int) -> SchedulerConfig:
+        """The batching settings of an engine's config, checked, for sequences of `max_model_len`."""
+        names = ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "enable_prefix_caching")
+        sched = cls(
+            **{n: getattr(config, n) for n in names},
+            policy=config.policy,
+            watermark=config.watermark,
+            max_model_len=max_model_len,
+        )
+        sched.validate()
+        return sched
 
     def validate(self) -> None:
         """Check each knob's type and range (against the table in `llmlab.config`), then the ones

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from llmlab.config import VERSION, EngineConfig, check_watermark, default_max_model_len, dtype_name
+from llmlab.config import VERSION, EngineConfig, check_watermark, dtype_name
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
 from llmlab.core.request import Request, SamplingParams
@@ -67,9 +68,7 @@ def eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
 class NativeEngine(EngineCore):
     """Paged KV cache, continuous batching and the four core policies, on CPU or CUDA.
 
-    Every setting is checked against `llmlab.config.EngineConfig` before anything loads. `watermark` is the
-    fraction of the KV pool kept free when admitting a new request while others run (0 <= it < 1),
-    so running requests can grow before anyone is preempted.
+    Every setting is checked by `llmlab.config.EngineConfig` before anything loads.
     """
 
     name = "native"
@@ -82,45 +81,13 @@ class NativeEngine(EngineCore):
                 f"tp={c.tp}, pp={c.pp}: the native engine runs on one device (tp=1, pp=1); "
                 "predict a parallel layout with llmlab.launch('sim', tp=..., pp=...)"
             )
-        if c.weights is not None and c.weights not in WEIGHT_FORMATS:
-            raise ValueError(f"weights={c.weights!r}: the native engine stores weights as {list(WEIGHT_FORMATS)}")
         self.device = pick_device(c.device)
-        dtype = c.dtype
-        if dtype is None and c.weights in STORAGE_DTYPES:
-            dtype = c.weights  # fp32 / bf16 weights compute in that dtype unless told otherwise
-        self.dtype = pick_dtype(dtype, self.device)
-        self.weights = c.weights or WEIGHT_NAMES[self.dtype]
-        kv_dtype = "auto" if c.kv_dtype == dtype_name(self.dtype) else c.kv_dtype  # the compute dtype is 'auto'
-        if kv_dtype not in KV_DTYPES:
-            raise ValueError(
-                f"kv_dtype={c.kv_dtype!r}: the native engine stores K/V as one of {list(KV_DTYPES)} "
-                f"('auto' is the compute dtype, {dtype_name(self.dtype)})"
-            )
-        self.kv_dtype = kv_dtype
+        self.dtype, self.weights, self.kv_dtype = self._dtypes(c, self.device)
         self.group_size = c.group_size
-
         spec = resolve(c.model)
         cfg = check_architecture(spec.path)
-        ctx = cfg.get("max_position_embeddings")
-        max_model_len = c.max_model_len
-        if max_model_len is None:
-            max_model_len = default_max_model_len(ctx, c.max_num_batched_tokens, c.enable_chunked_prefill, c.policy)
-        elif ctx is not None and max_model_len > ctx:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds the model's context of {ctx} tokens: use max_model_len <= {ctx}"
-            )
-        sched_cfg = SchedulerConfig(
-            max_num_seqs=c.max_num_seqs,
-            max_num_batched_tokens=c.max_num_batched_tokens,
-            enable_chunked_prefill=c.enable_chunked_prefill,
-            enable_prefix_caching=c.enable_prefix_caching,
-            policy=c.policy,
-            watermark=c.watermark,
-            max_model_len=max_model_len,
-        )
-        sched_cfg.validate()
-        block_size = c.block_size
-        per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype, kv_dtype)
+        sched_cfg = SchedulerConfig.of(c, c.model_len(cfg.get("max_position_embeddings")))
+        per_block = ModelRunner.kv_bytes_per_block(cfg, c.block_size, self.dtype, self.kv_dtype)
         num_blocks = c.num_blocks
         if num_blocks is None:
             budget = c.kv_cache_memory or self._default_kv_memory(spec.path)
@@ -130,30 +97,26 @@ class NativeEngine(EngineCore):
                     f"kv_cache_memory={budget} bytes holds no KV block of {per_block} bytes: give at least {per_block}"
                 )
         check_watermark(c.watermark, num_blocks)
-        seed, group_size, watermark = c.seed, c.group_size, c.watermark
-        policy, max_num_seqs, max_num_batched_tokens = c.policy, c.max_num_seqs, c.max_num_batched_tokens
-        enable_chunked_prefill, enable_prefix_caching = c.enable_chunked_prefill, c.enable_prefix_caching
-        trace_kv_owners = c.trace_kv_owners
 
         self.vocab_size = int(cfg["vocab_size"])
         self.tokenizer = load_tokenizer(spec.path)
         self.eos_token_ids = eos_ids(spec.path, self.tokenizer)
-        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching, watermark)
+        self.blocks = BlockManager(num_blocks, c.block_size, c.enable_prefix_caching, c.watermark)
         self.scheduler = Scheduler(sched_cfg, self.blocks)
         self.runner = ModelRunner(
             spec.path,
             cfg,
-            block_size,
+            c.block_size,
             num_blocks,
             self.dtype,
             self.device,
-            max_model_len,
-            seed or 0,
+            sched_cfg.max_model_len,
+            c.seed or 0,
             weights=self.weights,
-            kv_dtype=kv_dtype,
-            group_size=group_size,
+            kv_dtype=self.kv_dtype,
+            group_size=c.group_size,
         )
-        self.trace_kv_owners = trace_kv_owners
+        self.trace_kv_owners = c.trace_kv_owners
         self.requests: dict[str, Request] = {}
         torch_name = str(self.dtype).removeprefix("torch.")
         self.info = EngineInfo(
@@ -163,20 +126,14 @@ class NativeEngine(EngineCore):
             device=str(self.device),
             dtype=torch_name,
             config={
-                "policy": policy,
-                "block_size": block_size,
+                **asdict(sched_cfg),
+                "block_size": c.block_size,
                 "num_blocks": num_blocks,
                 "kv_cache_bytes": num_blocks * per_block,
-                "max_num_seqs": max_num_seqs,
-                "max_num_batched_tokens": max_num_batched_tokens,
-                "max_model_len": max_model_len,
-                "enable_chunked_prefill": enable_chunked_prefill,
-                "enable_prefix_caching": enable_prefix_caching,
-                "watermark": watermark,
-                "seed": seed,
-                "kv_dtype": torch_name if kv_dtype == "auto" else kv_dtype,
+                "seed": c.seed,
+                "kv_dtype": torch_name if self.kv_dtype == "auto" else self.kv_dtype,
                 "weights": self.weights,
-                "group_size": group_size if self.weights == "int4" else None,
+                "group_size": c.group_size if self.weights == "int4" else None,
                 "kv_bytes_per_block": per_block,
                 "tensor_parallel_size": 1,
                 "pipeline_parallel_size": 1,
@@ -185,6 +142,21 @@ class NativeEngine(EngineCore):
             },
             views={"schedule": "exact", "kv": "exact", "latency": "exact"},
         )
+
+    @staticmethod
+    def _dtypes(c: EngineConfig, device: torch.device) -> tuple[torch.dtype, str, str]:
+        """The compute dtype, the weights' format and the KV cache's, from the config, refusing what
+        this engine cannot store. Unquantized weights compute in their own dtype unless told otherwise."""
+        if c.weights is not None and c.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights={c.weights!r}: the native engine stores weights as {list(WEIGHT_FORMATS)}")
+        dtype = pick_dtype(c.weights if c.dtype is None and c.weights in STORAGE_DTYPES else c.dtype, device)
+        kv_dtype = "auto" if c.kv_dtype == dtype_name(dtype) else c.kv_dtype  # the compute dtype is 'auto'
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(
+                f"kv_dtype={c.kv_dtype!r}: the native engine stores K/V as one of {list(KV_DTYPES)} "
+                f"('auto' is the compute dtype, {dtype_name(dtype)})"
+            )
+        return dtype, c.weights or WEIGHT_NAMES[dtype], kv_dtype
 
     def _default_kv_memory(self, path: Path) -> int:
         if self.device.type == "cuda":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmlab.config import VERSION, EngineConfig, check_watermark, default_max_model_len
+from llmlab.config import VERSION, EngineConfig, check_watermark
 from llmlab.core.batch import Batch
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
@@ -68,16 +68,7 @@ class SimEngine(EngineCore):
         weights = c.weights or ("fp32" if hw is not None and hw.kind == "cpu" else "bf16")
         # the KV cache follows the weights; int4 has no KV format, so int4 models keep bf16
         kv_dtype = c.kv_dtype if c.kv_dtype != "auto" else "bf16" if weights == "int4" else weights
-        sched_cfg = SchedulerConfig(
-            max_num_seqs=c.max_num_seqs,
-            max_num_batched_tokens=c.max_num_batched_tokens,
-            enable_chunked_prefill=c.enable_chunked_prefill,
-            enable_prefix_caching=c.enable_prefix_caching,
-            policy=c.policy,
-            watermark=c.watermark,
-            max_model_len=self._max_model_len(c, shape),
-        )
-        sched_cfg.validate()
+        sched_cfg = SchedulerConfig.of(c, c.model_len(getattr(shape, "max_position_embeddings", None)))
         num_blocks = c.num_blocks
         if num_blocks is None:
             plan = self._plan(c, shape, hw, weights, kv_dtype, tp, pp, sched_cfg.max_model_len)
@@ -129,19 +120,6 @@ class SimEngine(EngineCore):
             },
             views={"schedule": "exact", "kv": "exact", "latency": "predicted"},
         )
-
-    @staticmethod
-    def _max_model_len(c: EngineConfig, shape: Any) -> int:
-        """The longest sequence: as given (within the model's context), or the shared default."""
-        ctx = getattr(shape, "max_position_embeddings", None)
-        if c.max_model_len is None:
-            return default_max_model_len(ctx, c.max_num_batched_tokens, c.enable_chunked_prefill, c.policy)
-        if ctx is not None and c.max_model_len > ctx:
-            raise ValueError(
-                f"max_model_len={c.max_model_len} exceeds the model's context of {ctx} tokens: "
-                f"use max_model_len <= {ctx}"
-            )
-        return c.max_model_len
 
     @staticmethod
     def _plan(c: EngineConfig, shape: Any, hw: Any, weights: str, kv_dtype: str, tp: int, pp: int, max_len: int):
