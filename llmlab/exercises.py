@@ -232,6 +232,9 @@ class Verdict:
     def __repr__(self) -> str:
         return f"Verdict({self.exercise_id!r}, {self.status!r})"
 
+    def _ipython_display_(self) -> None:
+        """Shown as a cell's result: nothing more, `check` has printed the message already."""
+
 
 def check(exercise_id: str, answer: Any) -> Verdict:
     """Print and return whether `answer` to exercise `exercise_id` (e.g. "02.1") is right.
