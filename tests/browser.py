@@ -448,6 +448,39 @@ def plotly_figures(page) -> list[dict]:
     )
 
 
+def bar_fills(page, title: str) -> list[dict[str, list[str]]]:
+    """Rendered fill colours of the bar traces in each notebook figure whose title contains ``title``:
+    one ``{trace name: [distinct fills of its SVG bar paths, as "rgb(r, g, b)"]}`` per figure.
+
+    Reads the SVG itself (``g.trace.bars path`` in ``.barlayer``), i.e. what the user sees, and
+    names each bar trace from ``el._fullData`` (the bar layer draws bar traces in data order).
+    """
+    return page.evaluate(
+        """title => [...document.querySelectorAll('.jp-NotebookPanel .js-plotly-plot')]
+          .filter(el => {
+            const t = el._fullLayout && el._fullLayout.title && el._fullLayout.title.text;
+            return typeof t === 'string' && t.includes(title);
+          })
+          .map(el => {
+            const names = (el._fullData || []).filter(t => t.type === 'bar' && t.visible !== false).map(t => t.name);
+            const out = {};
+            el.querySelectorAll('.barlayer g.trace.bars').forEach((g, i) => {
+              const fills = new Set();
+              g.querySelectorAll('path').forEach(p => { if (p.style.fill) fills.add(p.style.fill); });
+              out[names[i] ?? String(i)] = [...fills];
+            });
+            return out;
+          })""",
+        title,
+    )
+
+
+def hex_rgb(colour: str) -> str:
+    """``"#f28e2b"`` as the browser writes a computed fill: ``"rgb(242, 142, 43)"``."""
+    h = colour.lstrip("#")
+    return "rgb({}, {}, {})".format(*(int(h[i : i + 2], 16) for i in (0, 2, 4)))
+
+
 def widget_text(page, css_class: str, index: int = 0) -> str:
     """Text of the widget given ``widget.add_class(css_class)`` (the `index`-th; -1 for the last)."""
     return page.locator(f".jp-NotebookPanel .{css_class}").nth(index).inner_text()

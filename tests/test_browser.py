@@ -13,8 +13,10 @@ import browser
 import nbformat
 import pytest
 from browser import (
+    bar_fills,
     click_widget,
     error_outputs,
+    hex_rgb,
     open_notebook,
     plotly_figures,
     run_all,
@@ -31,6 +33,56 @@ lab = browser.lab
 browser_page = browser.browser_page
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A finished and a live dashboard of simulated runs (the simulator needs no model weights).
+DASHBOARD_CELLS = [
+    """\
+import llmlab
+
+eng = llmlab.launch("sim", max_num_batched_tokens=64, num_blocks=40, block_size=8)
+run = eng.run(llmlab.workloads.poisson(rate=20.0, n=8, prompt_len=(20, 60), output_len=(6, 16), seed=4))
+run.show()
+""",
+    """\
+live = eng.run(llmlab.workloads.poisson(rate=50.0, n=400, prompt_len=(20, 60), output_len=(50, 200), seed=5), live=True)
+live.show()
+""",
+    "live.wait();",
+]
+
+
+def _palette_fills() -> dict[str, list[str]]:
+    """The token bars' fills the palette promises, as the browser writes them."""
+    from llmlab.widgets.colors import PHASE_COLOURS
+
+    return {"prefill tokens": [hex_rgb(PHASE_COLOURS["prefill"])], "decode tokens": [hex_rgb(PHASE_COLOURS["decode"])]}
+
+
+def test_dashboards_draw_token_bars_in_the_palette(lab, browser_page):
+    """A finished and a live dashboard: the token bars on screen have the palette's fills, not plotly's defaults."""
+    page = browser_page
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in DASHBOARD_CELLS]
+    path = lab.root_dir / "dashboard_colours.ipynb"
+    nbformat.write(nb, path)
+
+    open_notebook(page, lab.base_url, lab.token, path.name)
+    ok = run_all(page, timeout=180)
+    errors = error_outputs(page)
+    assert ok and errors == [], "\n\n".join(errors)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-NotebookPanel .barlayer g.trace.bars path')].length > 0",
+        timeout=30_000,
+    )
+    time.sleep(1.0)  # the live dashboard's final frame
+    figures = bar_fills(page, "Schedule")
+    scroll_to(page, ".js-plotly-plot")
+    screenshot(page, "dashboard_colours")
+    assert len(figures) == 2, figures  # the finished and the live dashboard
+    for fills in figures:
+        assert fills == _palette_fills(), fills
+
 
 FIGURE_CELL = """\
 import plotly.graph_objects as go

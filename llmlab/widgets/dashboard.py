@@ -1,7 +1,8 @@
 """The dashboard: header, Stop button, replay slider and the three views, live while a run runs.
 
 Live runs redraw from the engine thread between steps, at most `max_fps` times a second and
-less often when drawing gets expensive. Replay redraws any past step.
+less often when drawing gets expensive, following the latest step. Replay redraws any past step;
+a finished run opens on the step of peak KV use (or the notebook's `step=`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as W
 
-from llmlab.widgets.views import KVView, LatencyView, ScheduleView
+from llmlab.widgets.state import peak_kv_step
+from llmlab.widgets.views import FIGURE_CONFIG, KVView, LatencyView, ScheduleView
 
 if TYPE_CHECKING:
     from llmlab.session.run import Run
@@ -41,13 +43,17 @@ def header_html(run: Run) -> str:
 
 
 class Dashboard(W.VBox):
-    """Schedule, KV cache and latency views of one run, live or replayed."""
+    """Schedule, KV cache and latency views of one run, live or replayed.
 
-    def __init__(self, run: Run, max_fps: float = 2.0, window: int = 200) -> None:
+    `step`: the step a finished run opens on (default: peak KV use, where the block map says most);
+    a live run follows its latest step unless `step` is given.
+    """
+
+    def __init__(self, run: Run, step: int | None = None, max_fps: float = 2.0, window: int = 200) -> None:
         self.run = run
         self.schedule = ScheduleView(run.info, window=window)
         self.kv = KVView(window=2 * window)
-        self.latency = LatencyView()
+        self.latency = LatencyView(run.info)
         self._interval = 1.0 / max(0.5, min(max_fps, 10.0))
         self._last = 0.0
         self._gap = self._interval
@@ -71,7 +77,12 @@ class Dashboard(W.VBox):
         controls = W.HBox([self.counter, self.progress, self.stop_button, self.status])
         replay = W.HBox([self.slider, self.request_pick])
         super().__init__([self.header, controls, replay, self.schedule.figure, self.kv.figure, self.latency.figure])
-        self.redraw()
+        if step is None and run.done:
+            step = peak_kv_step(run.trace.step_records)
+        if step is None:
+            self.redraw()
+        else:
+            self.show_step(step)
         if not run.done:
             run.subscribe(self._on_step)
             threading.Thread(target=self._final_frame, name="llmlab-dashboard", daemon=True).start()
@@ -114,9 +125,11 @@ class Dashboard(W.VBox):
             self.status.value = f"<b>{html.escape(self.run.status)}</b>" + (
                 f" · {html.escape(str(self.run.error))}" if self.run.error else ""
             )
-            if self.run.done:
+            if self.run.done:  # a neutral, disabled button that says how the run ended (not an error)
                 self.stop_button.disabled = True
-                self.stop_button.description = self.run.status.capitalize()
+                self.stop_button.button_style = ""
+                self.stop_button.icon = "check" if self.run.status == "finished" else ""
+                self.stop_button.description = self.run.status
             if n:
                 self._set_slider(n - 1, last)
             ids = ["(none)", *(r.req_id for r in requests)]
@@ -142,7 +155,9 @@ class Dashboard(W.VBox):
         self.redraw(None if self._follow else self.slider.value)
 
     def show_step(self, step: int) -> Dashboard:
-        """Replay: show the run as it was after `step`."""
+        """Replay: show the run as it was after `step` (negative counts from the end, as in Python)."""
+        n = len(self.run.trace.step_records)
+        step = min(max(step + n if step < 0 else step, 0), max(n - 1, 0))
         self._follow = False
         self.redraw(step)
         return self
@@ -152,7 +167,8 @@ class Dashboard(W.VBox):
         """The dashboard as plain HTML (for nbviewer, nbconvert and `to_html`)."""
         parts = [f"<div style='font-family:sans-serif'>{header_html(self.run)}<br>{html.escape(repr(self.run))}</div>"]
         for i, view in enumerate((self.schedule, self.kv, self.latency)):
-            parts.append(view.figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False))
+            plotlyjs = include_plotlyjs if i == 0 else False
+            parts.append(view.figure.to_html(full_html=False, include_plotlyjs=plotlyjs, config=FIGURE_CONFIG))
         return "\n".join(parts)
 
     def to_html(self, path: str | Path) -> Path:

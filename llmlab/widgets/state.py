@@ -32,6 +32,32 @@ class ScheduleState:
     decode_tokens: np.ndarray  # [W]
 
 
+# policies that schedule whole prompts regardless of `max_num_batched_tokens` (llmlab.core.policies.Static)
+IGNORE_BUDGET = ("static",)
+
+
+def peak_kv_step(steps: list[StepRecord]) -> int:
+    """The step a finished run's dashboard opens on: the most KV blocks used (the first such step
+    on ties), where owners and shared blocks are all on show; the last step when no step has KV."""
+    used = [rec.kv.used if rec.kv is not None else -1 for rec in steps]
+    if not used or max(used) < 0:
+        return max(len(steps) - 1, 0)
+    return int(np.argmax(used))  # argmax returns the first of equal maxima
+
+
+def budget_label(config: dict) -> str:
+    """The token budget line's legend label, saying so when the policy ignores the budget."""
+    budget, policy = config.get("max_num_batched_tokens"), config.get("policy")
+    if policy in IGNORE_BUDGET:
+        return f"token budget {budget} ({policy} ignores it)"
+    return f"token budget {budget}"
+
+
+def span_text(first: int, last: int, total: int) -> str:
+    """`first`-`last` of `total`, thousands separated ("430-630 of 1,200")."""
+    return f"{first:,}-{last:,} of {total:,}"
+
+
 def step_window(num_steps: int, upto: int | None, window: int) -> range:
     """The last `window` steps up to and including `upto` (default: the latest)."""
     end = num_steps - 1 if upto is None else min(upto, num_steps - 1)
@@ -87,6 +113,18 @@ def schedule_state(
         prefill_tokens=np.array([r.prefill_tokens for r in recs], dtype=np.int64),
         decode_tokens=np.array([r.decode_tokens for r in recs], dtype=np.int64),
     )
+
+
+def window_note(st: ScheduleState, num_steps: int, requests: list[RequestRecord]) -> str:
+    """What the schedule view leaves out, for its title ("" when it shows every step and request)."""
+    parts = []
+    if len(st.steps) and len(st.steps) < num_steps:
+        parts.append(f"steps {span_text(int(st.steps[0]), int(st.steps[-1]), num_steps)}")
+    if st.req_ids and len(st.req_ids) < len(requests):
+        order = {r.req_id: i for i, r in enumerate(requests)}
+        shown = [order[r] for r in st.req_ids if r in order]
+        parts.append(f"requests {span_text(min(shown), max(shown), len(requests))}")
+    return "; ".join(parts) + ": use the slider" if parts else ""
 
 
 @dataclass
@@ -150,6 +188,16 @@ def kv_state(
         labels,
         np.array(shared, dtype=np.int64).reshape(-1, 2),
         per_cell,
+    )
+
+
+def kv_note(kv: KVState) -> str:
+    """Why the block map is not drawn ("" when it is): owners were not recorded in the trace."""
+    if kv.grid is not None:
+        return ""
+    return (
+        f"{kv.num_blocks:,} blocks: owners not recorded (trace_kv_owners=False); "
+        "the used/cached/free counts below are exact"
     )
 
 

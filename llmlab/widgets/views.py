@@ -1,5 +1,10 @@
 """The three views of a run: schedule, KV cache and latency. Each owns one plotly FigureWidget and
-redraws it from the trace's records as of a step (the latest, or any step when replaying)."""
+redraws it from the trace's records as of a step (the latest, or any step when replaying).
+
+Traces are updated one message per trace (`restyle`), never in one batch across traces: plotly
+pads a batch with "undefined" for what a trace leaves unchanged, and the widget front end stores
+those, wiping e.g. the token bars' colours before a finished run's dashboard is first drawn.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ from plotly.subplots import make_subplots
 
 from llmlab.core.records import EngineInfo, RequestRecord, StepRecord
 from llmlab.widgets.colors import (
+    BUDGET_COLOUR,
     CACHED_COLOUR,
     FREE_COLOUR,
+    LINE_COLOURS,
+    PHASE_COLOURS,
     REQUEST_PALETTE,
     STATE_COLOURS,
     discrete_scale,
@@ -21,13 +29,33 @@ from llmlab.widgets.state import (
     KV_FREE,
     KV_PAD,
     STATE_NAMES,
+    budget_label,
+    kv_note,
     kv_series,
     kv_state,
     schedule_state,
     step_window,
+    window_note,
 )
 
 Records = tuple[list[StepRecord], list[RequestRecord]]
+
+# plotly's mode bar only while the mouse is over a figure, so it never covers a title
+FIGURE_CONFIG = {"displayModeBar": "hover"}
+SCHEDULE_TITLE = "Schedule: who runs in each step"
+
+
+def widget(fig: go.Figure) -> go.FigureWidget:
+    """`fig` as a FigureWidget with the dashboard's plotly config."""
+    w = go.FigureWidget(fig)
+    w._config = dict(FIGURE_CONFIG)  # the widget's synced config trait (FigureWidget takes no config argument)
+    return w
+
+
+def restyle(fig: go.FigureWidget, changes: dict[int, dict]) -> None:
+    """Update trace `i` with `changes[i]`, one message per trace (see the module docstring for why)."""
+    for i, props in changes.items():
+        fig.data[i].update(**props)
 
 
 def cell_grid(colours: list[str], lowest: int, hovertemplate: str, name: str) -> go.Heatmap:
@@ -73,11 +101,11 @@ class ScheduleView:
                 row=1,
                 col=1,
             )  # fmt: skip
-        fig.add_trace(go.Bar(name="prefill tokens", marker_color=STATE_COLOURS[2]), row=2, col=1)
-        fig.add_trace(go.Bar(name="decode tokens", marker_color=STATE_COLOURS[3]), row=2, col=1)
+        fig.add_trace(go.Bar(name="prefill tokens", marker_color=PHASE_COLOURS["prefill"]), row=2, col=1)
+        fig.add_trace(go.Bar(name="decode tokens", marker_color=PHASE_COLOURS["decode"]), row=2, col=1)
         budget = info.config.get("max_num_batched_tokens")
         fig.add_trace(
-            go.Scatter(mode="lines", line=dict(dash="dash", color="#555"), name=f"token budget ({budget})"),
+            go.Scatter(mode="lines", line=dict(dash="dash", color=BUDGET_COLOUR), name=budget_label(info.config)),
             row=2,
             col=1,
         )
@@ -86,18 +114,19 @@ class ScheduleView:
             height=height,
             barmode="stack",
             bargap=0.1,
-            margin=dict(l=60, r=10, t=30, b=30),
-            title=dict(text="Schedule: who runs in each step", font_size=14),
+            margin=dict(l=60, r=10, t=40, b=30),
+            title=dict(text=SCHEDULE_TITLE, font_size=14),
             legend=dict(orientation="h", y=-0.12),
             uirevision="schedule",
         )
         fig.update_yaxes(title_text="request", type="category", row=1, col=1)
         fig.update_yaxes(title_text="tokens", row=2, col=1)
         fig.update_xaxes(title_text="step", row=2, col=1)
-        self.figure = go.FigureWidget(fig)
+        self.figure = widget(fig)
 
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
         st = schedule_state(steps, requests, upto, self.window, self.max_rows)
+        note = window_note(st, len(steps), requests)
         colours = colour_index(requests)
         # numpy arrays all the way: plotly validates them without a Python loop per cell, and
         # ABSENT cells (code 0) draw transparent, so no NaN ever reaches a widget message
@@ -106,20 +135,21 @@ class ScheduleView:
         )
         text = np.char.add(np.array(STATE_NAMES)[st.codes], np.where(st.tokens > 0, detail, ""))
         x0 = st.steps[0] - 1 if len(st.steps) else -1
-        f = self.figure
-        with f.batch_update():
-            f.data[0].update(z=st.codes.astype(np.int32), x=st.steps, y=st.req_ids, text=text)
-            f.data[1].update(
+        n = 1 + len(STATE_NAMES)
+        changes = {
+            0: dict(z=st.codes.astype(np.int32), x=st.steps, y=st.req_ids, text=text),
+            1: dict(
                 x=[x0] * len(st.req_ids),
                 y=st.req_ids,
                 marker_color=[request_colour(colours.get(r, 0)) for r in st.req_ids],
-            )
-            n = 1 + len(STATE_NAMES)
-            # colours restated on each update: the widget front end otherwise falls back to its defaults
-            f.data[n].update(x=st.steps, y=st.prefill_tokens, marker_color=STATE_COLOURS[2])
-            f.data[n + 1].update(x=st.steps, y=st.decode_tokens, marker_color=STATE_COLOURS[3])
-            if self.budget:
-                f.data[n + 2].update(x=st.steps, y=[self.budget] * len(st.steps))
+            ),
+            n: dict(x=st.steps, y=st.prefill_tokens),
+            n + 1: dict(x=st.steps, y=st.decode_tokens),
+        }
+        if self.budget:
+            changes[n + 2] = dict(x=st.steps, y=[self.budget] * len(st.steps))
+        restyle(self.figure, changes)
+        self.figure.layout.title.text = f"{SCHEDULE_TITLE} ({note})" if note else SCHEDULE_TITLE
 
 
 class KVView:
@@ -147,20 +177,24 @@ class KVView:
                        marker=dict(symbol="square", size=10, color=CACHED_COLOUR)),
             row=1, col=1,
         )  # fmt: skip
-        for name, colour in (("used", "#4e79a7"), ("cached", "#76b7b2"), ("free", "#bab0ac")):
-            fig.add_trace(go.Scatter(mode="lines", name=f"{name} blocks", line=dict(color=colour)), row=2, col=1)
+        for name in ("used", "cached", "free"):
+            line = dict(color=LINE_COLOURS[name])
+            fig.add_trace(go.Scatter(mode="lines", name=f"{name} blocks", line=line), row=2, col=1)
         fig.update_layout(
             height=height,
-            margin=dict(l=60, r=10, t=30, b=30),
+            margin=dict(l=60, r=10, t=40, b=30),
             title=dict(text="KV cache blocks", font_size=14),
             legend=dict(orientation="h", y=-0.15),
             uirevision="kv",
-        )
+            # the note shown instead of a block map that cannot be drawn
+            annotations=[dict(text="", xref="x domain", yref="y domain", x=0.5, y=0.5, showarrow=False,
+                              font=dict(size=13, color="#555"))],
+        )  # fmt: skip
         fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
         fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", row=1, col=1)
         fig.update_xaxes(title_text="step", row=2, col=1)
         fig.update_yaxes(title_text="blocks", row=2, col=1)
-        self.figure = go.FigureWidget(fig)
+        self.figure = widget(fig)
         self.last_state = None
 
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
@@ -172,27 +206,33 @@ class KVView:
         self.last_state = kv
         series = kv_series(steps, step_window(len(steps), k, self.window))
         f = self.figure
+        changes = {4 + i: dict(x=series["step"], y=series[name]) for i, name in enumerate(("used", "cached", "free"))}
+        if kv is not None and kv.grid is not None:
+            rows, cols = kv.grid.shape
+            ids = np.arange(rows * cols).reshape(rows, cols) * kv.blocks_per_cell
+            owners, codes = np.array(kv.owners, dtype=object), kv.grid.ravel()
+            empty = np.where(codes == KV_CACHED, "cached prefix", np.where(codes == KV_FREE, "free", ""))
+            text = np.where(owners != "", owners, empty).reshape(rows, cols)
+            sel = self._selected_cells(steps[k], cols)
+            changes |= {
+                0: dict(z=kv.grid, customdata=ids, text=text),
+                1: dict(x=kv.shared[:, 1], y=kv.shared[:, 0]),
+                2: dict(x=sel[1], y=sel[0]),
+            }
+            title = (
+                f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
+                f" of {kv.num_blocks} blocks"
+                + (f" ({kv.blocks_per_cell} blocks per cell)" if kv.blocks_per_cell > 1 else "")
+            )
+        elif kv is not None:
+            changes |= {0: dict(z=[[None]]), 1: dict(x=[], y=[]), 2: dict(x=[], y=[])}
+            title = f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
+        else:
+            title = "KV cache blocks: not recorded"
+        restyle(f, changes)
         with f.batch_update():
-            if kv is not None and kv.grid is not None:
-                rows, cols = kv.grid.shape
-                ids = np.arange(rows * cols).reshape(rows, cols) * kv.blocks_per_cell
-                owners, codes = np.array(kv.owners, dtype=object), kv.grid.ravel()
-                empty = np.where(codes == KV_CACHED, "cached prefix", np.where(codes == KV_FREE, "free", ""))
-                text = np.where(owners != "", owners, empty).reshape(rows, cols)
-                f.data[0].update(z=kv.grid, customdata=ids, text=text)
-                f.data[1].update(x=kv.shared[:, 1], y=kv.shared[:, 0])
-                sel = self._selected_cells(steps[k], cols)
-                f.data[2].update(x=sel[1], y=sel[0])
-                f.layout.title.text = (
-                    f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
-                    f" of {kv.num_blocks} blocks"
-                    + (f" ({kv.blocks_per_cell} blocks per cell)" if kv.blocks_per_cell > 1 else "")
-                )
-            elif kv is not None:
-                f.data[0].update(z=[[None]])
-                f.layout.title.text = f"KV cache at step {kv.step}: {kv.used} used, {kv.cached} cached, {kv.free} free"
-            for i, name in enumerate(("used", "cached", "free")):
-                f.data[4 + i].update(x=series["step"], y=series[name])
+            f.layout.title.text = title
+            f.layout.annotations[0].text = kv_note(kv) if kv is not None else ""
 
     def _selected_cells(self, rec: StepRecord, cols: int) -> tuple[list[int], list[int]]:
         if self.selected is None or rec.kv is None or rec.kv.owners is None:
@@ -204,22 +244,42 @@ class KVView:
 class LatencyView:
     """TTFT and inter-token latency distributions, output throughput and queue length over time."""
 
-    def __init__(self, height: int = 460) -> None:
+    def __init__(self, info: EngineInfo | None = None, height: int = 480) -> None:
+        predicted = info is not None and info.views.get("latency") == "predicted"
         fig = make_subplots(
             rows=2,
             cols=2,
             subplot_titles=("time to first token (s)", "inter-token latency (s)", "output tokens/s", "queue"),
-            vertical_spacing=0.16,
+            vertical_spacing=0.18,
         )
-        fig.add_trace(go.Histogram(name="TTFT", marker_color="#4e79a7", nbinsx=30), row=1, col=1)
-        fig.add_trace(go.Histogram(name="ITL", marker_color="#f28e2b", nbinsx=30), row=1, col=2)
-        fig.add_trace(go.Scatter(mode="lines", name="output tok/s", line_color="#59a14f"), row=2, col=1)
-        fig.add_trace(go.Scatter(mode="lines", name="waiting", line_color="#e15759"), row=2, col=2)
-        fig.add_trace(go.Scatter(mode="lines", name="running", line_color="#4e79a7"), row=2, col=2)
-        fig.update_layout(height=height, margin=dict(l=50, r=10, t=40, b=30), showlegend=False, uirevision="lat")
+        # TTFT is mostly prefill, inter-token latency is decode: their phase colours
+        fig.add_trace(
+            go.Histogram(name="TTFT", marker_color=PHASE_COLOURS["prefill"], nbinsx=30, showlegend=False), row=1, col=1
+        )
+        fig.add_trace(
+            go.Histogram(name="ITL", marker_color=PHASE_COLOURS["decode"], nbinsx=30, showlegend=False), row=1, col=2
+        )
+        fig.add_trace(
+            go.Scatter(mode="lines", name="output tok/s", line_color=LINE_COLOURS["output"], showlegend=False),
+            row=2,
+            col=1,
+        )
+        fig.add_trace(go.Scatter(mode="lines", name="waiting", line_color=LINE_COLOURS["waiting"]), row=2, col=2)
+        fig.add_trace(go.Scatter(mode="lines", name="running", line_color=LINE_COLOURS["running"]), row=2, col=2)
+        fig.update_layout(
+            height=height,
+            margin=dict(l=60, r=10, t=70, b=30),
+            title=dict(text="Latency (predicted by the cost model)" if predicted else "Latency", font_size=14),
+            legend=dict(title_text="queue", x=1.0, xanchor="right", y=0.4, bgcolor="rgba(255,255,255,0.7)"),
+            uirevision="lat",
+        )
+        fig.update_yaxes(title_text="requests", row=1, col=1)
+        fig.update_yaxes(title_text="tokens", row=1, col=2)
+        fig.update_yaxes(title_text="tokens/s", row=2, col=1)
+        fig.update_yaxes(title_text="requests", row=2, col=2)
         fig.update_xaxes(title_text="seconds", row=2, col=1)
         fig.update_xaxes(title_text="seconds", row=2, col=2)
-        self.figure = go.FigureWidget(fig)
+        self.figure = widget(fig)
 
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
         if not steps:
@@ -238,10 +298,13 @@ class LatencyView:
         edges = np.linspace(0.0, max(now, 1e-9), bins + 1)
         counts, _ = np.histogram(token_times, bins=edges)
         rate = counts / np.diff(edges)
-        f = self.figure
-        with f.batch_update():
-            f.data[0].x = np.asarray(ttft)
-            f.data[1].x = np.asarray(itl)
-            f.data[2].update(x=(edges[:-1] + edges[1:]) / 2, y=rate)
-            f.data[3].update(x=t, y=np.array([s.waiting for s in shown]))
-            f.data[4].update(x=t, y=np.array([s.running for s in shown]))
+        restyle(
+            self.figure,
+            {
+                0: dict(x=np.asarray(ttft)),
+                1: dict(x=np.asarray(itl)),
+                2: dict(x=(edges[:-1] + edges[1:]) / 2, y=rate),
+                3: dict(x=t, y=np.array([s.waiting for s in shown])),
+                4: dict(x=t, y=np.array([s.running for s in shown])),
+            },
+        )
