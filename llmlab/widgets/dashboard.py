@@ -42,6 +42,9 @@ def header_html(run: Run) -> str:
     )
 
 
+MAX_GAP_S = 1.5  # the longest a live view waits between redraws
+
+
 class Dashboard(W.VBox):
     """Schedule, KV cache and latency views of one run, live or replayed.
 
@@ -93,7 +96,8 @@ class Dashboard(W.VBox):
 
         Drawing in the engine's own thread costs the engine exactly the drawing time and nothing
         more; from another thread it would contend for the GIL at every tensor op. The gap between
-        redraws grows with their cost, so drawing stays under about 2.5% of the run.
+        redraws grows with their cost, so drawing stays under about 2.5% of the run, up to
+        MAX_GAP_S: however slow the drawing, the view moves at least that often.
         """
         now = time.perf_counter()
         if now - self._last < self._gap:
@@ -101,7 +105,7 @@ class Dashboard(W.VBox):
         self.redraw()
         spent = time.perf_counter() - now
         self._last = time.perf_counter()
-        self._gap = max(self._interval, 40 * spent)
+        self._gap = min(max(self._interval, 40 * spent), MAX_GAP_S)
 
     def _final_frame(self) -> None:
         self.run.wait()
