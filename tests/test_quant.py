@@ -244,7 +244,7 @@ def test_quantized_run_goes_through_scheduler_trace_and_dashboard(int8_fp8kv):
     assert run.steps.batch_size.max() > 1  # requests shared steps
     assert (run.requests.output_tokens == 10).all()
     assert run.steps.kv_used.max() > 0 and run.steps.kv_total.iloc[0] == int8_fp8kv.memory()["num_blocks"]
-    dash = Dashboard(run)
+    dash = Dashboard(run, step=-1)  # the last step, whose counts `last` holds
     last = run.trace.step_records[-1].kv
     assert f"{last.used} used, {last.cached} cached, {last.free} free" in dash.kv.figure.layout.title.text
     assert last.used + last.cached + last.free == int8_fp8kv.memory()["num_blocks"]

@@ -232,7 +232,7 @@ def test_cost_model_run_renders_in_the_dashboard():
     assert run.error is None and run.num_finished == 12
     assert run.info.engine == "sim" and run.info.views["latency"] == "predicted"
     assert run.info.config["num_blocks"] > 1000  # from the memory plan of an 80 GB GPU
-    d = run.show()
+    d = run.show(step=-1)  # open at the end: every step drawn
     heat = d.schedule.figure.data[0]
     assert list(heat.x) == list(range(len(run.steps)))
     assert sorted(heat.y) == sorted(run.requests.req_id)

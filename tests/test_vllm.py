@@ -109,7 +109,7 @@ def test_shared_prefix_hits_the_cache_and_shares_blocks(engine):
 
 
 def test_dashboard_renders_a_vllm_trace(greedy_run, tmp_path):
-    d = greedy_run.show()
+    d = greedy_run.show(step=-1)  # open at the end: every step drawn
     n = len(greedy_run.trace.step_records)
     assert list(d.schedule.figure.data[0].x) == list(range(n))
     used = next(t for t in d.kv.figure.data if t.name == "used blocks")
