@@ -1,17 +1,14 @@
-"""Every launch setting in one table: its type, its allowed values and the fix to name when it is wrong.
+"""Every launch setting in one place: `EngineConfig`, its defaults, its checks and the one dtype vocabulary.
 
-`check_settings(engine, settings)` checks a dict of launch settings against the table before any
-engine does work (before weights load), raising `SettingTypeError` for a wrong type (bool is not
-an int, 2.5 is not a block count) and ValueError for a value out of range (NaN, inf, negative,
-zero where not allowed, an unknown choice), each naming the setting, the value and the fix.
-`llmlab.launch` calls it, and so does every engine constructor, so direct construction is checked
-too. The table has one entry per setting (per engine where engines differ) and no defaults: the
-engines' signatures hold those, so it can later grow into one `EngineConfig` dataclass.
+Each field carries a `Setting` spec: its type, its allowed values, the engines that take it and the
+fix to name when it is wrong. `EngineConfig(**settings)` raises `SettingTypeError` for a wrong type
+(bool is not an int, 2.5 is not a block count) and ValueError for a value out of range (NaN, inf,
+negative, zero where not allowed, an unknown choice), each naming the setting, the value and the
+fix, before any engine does work; `for_engine` refuses what an engine cannot honour.
 
 Per-request sampling settings (`SamplingParams`, `WorkItem`) are checked by the same machinery from
 the `REQUEST_PARAMS` table, and function arguments (the workload generators') by `check_arg`, which
-raises a plain TypeError for a wrong type. Nothing here imports torch or an engine until a choice
-list needs it.
+raises a plain TypeError for a wrong type. Nothing here imports torch or an engine.
 """
 
 from __future__ import annotations
@@ -204,6 +201,12 @@ KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8")
 POLICY_NAMES = ("chunked", "prefill_first", "splitfuse", "static")  # llmlab.core.policies, by name
 DEFAULT_MAX_MODEL_LEN = 8192  # the longest sequence when neither the user nor a small model says less
 INT4_GROUP_SIZE = 128  # inputs per int4 scale group
+
+
+def default_kv_dtype(weights: str) -> str:
+    """The KV cache's dtype when the weights' is given: the same, except int4, which has no KV
+    format (int4 models keep a bf16 cache)."""
+    return "bf16" if weights == "int4" else weights
 
 
 def dtype_name(dtype: Any) -> str | None:

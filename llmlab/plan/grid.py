@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmlab import workloads
-from llmlab.config import DEFAULT_MAX_MODEL_LEN
+from llmlab.config import DEFAULT_MAX_MODEL_LEN, default_kv_dtype
 from llmlab.engines.sim import default_tokenizer
 from llmlab.models.shapes import get_shape
 from llmlab.plan.hardware import GB, get_hardware
@@ -30,7 +30,6 @@ PLAN_VIEW = "llmlab.widgets.plan_view:PlanView"  # PlanTable.show() draws with i
 LOCAL_MODELS = ("smollm2-135m",)  # what the native engine can load here without a download
 LOCAL_RUN_BLOCKS = 1024  # a real local run and its prediction both use at most this KV pool
 
-KV_FOR_WEIGHTS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16"}
 COLUMNS = [
     "model", "gpu", "num_gpus", "tp", "pp", "weights", "kv_dtype", "fits", "weights_gb", "kv_gb",
     "activation_gb", "free_gb", "kv_tokens", "max_concurrency", "throughput_tok_s", "ttft_p50_s",
@@ -178,7 +177,7 @@ def plan(
         for t in _as_list(tp):
             t, p = parallel_sizes(n, t, p)
             make_shard(shape, t, p)  # raises with the valid tp values
-            for kv in _as_list(kv_dtype) if kv_dtype is not None else [KV_FOR_WEIGHTS.get(w, "bf16")]:
+            for kv in _as_list(kv_dtype) if kv_dtype is not None else [default_kv_dtype(w)]:
                 configs.append((hw, w, kv, t, p))
     rows = []
     for hw, w, kv, t, p in configs:

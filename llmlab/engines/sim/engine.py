@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmlab.config import VERSION, EngineConfig, check_watermark
+from llmlab.config import VERSION, EngineConfig, check_watermark, default_kv_dtype
 from llmlab.core.batch import Batch
 from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
@@ -66,8 +66,7 @@ class SimEngine(EngineCore):
             shape, hw = get_shape(c.model or "smollm2-135m"), get_hardware(c.gpu or "cpu")
             make_shard(shape, tp, pp)  # a tp or pp that does not split the model fails here, with the fix
         weights = c.weights or ("fp32" if hw is not None and hw.kind == "cpu" else "bf16")
-        # the KV cache follows the weights; int4 has no KV format, so int4 models keep bf16
-        kv_dtype = c.kv_dtype if c.kv_dtype != "auto" else "bf16" if weights == "int4" else weights
+        kv_dtype = c.kv_dtype if c.kv_dtype != "auto" else default_kv_dtype(weights)
         sched_cfg = SchedulerConfig.of(c, c.model_len(getattr(shape, "max_position_embeddings", None)))
         num_blocks = c.num_blocks
         if num_blocks is None:
