@@ -71,6 +71,7 @@ class MIIEngine(EngineCore):
         c = (config or EngineConfig()).for_engine("mii")  # checked: a bad setting fails before anything loads
         super().__init__()
         _refuse_unsupported(c)
+        _import_mii()
         patches.check_versions()
         from deepspeed.inference.v2.config_v2 import RaggedInferenceEngineConfig
         from deepspeed.inference.v2.engine_v2 import InferenceEngineV2
@@ -126,7 +127,10 @@ class MIIEngine(EngineCore):
                 zmq_port_number=0, max_length=max_len, sync_debug=False, profile_model_time=False
             )
             self.pipe = MIIPipeline(
-                all_rank_output=False, inference_engine=engine, tokenizer=HFTokenizer(self.tokenizer), model_config=mii_config
+                all_rank_output=False,
+                inference_engine=engine,
+                tokenizer=HFTokenizer(self.tokenizer),
+                model_config=mii_config,
             )
         self.engine = engine
         self.manager = engine._state_manager
@@ -241,7 +245,9 @@ class MIIEngine(EngineCore):
         flushed: list[int] = []
         for _ in range(3):  # the first generate() after new requests only schedules them
             batch = pipe.scheduled_requests
-            ran = [(r.uid, len(r.input_tokens), r.seq_length, r.num_generated_tokens > 0) for r in batch.requests_to_run]
+            ran = [
+                (r.uid, len(r.input_tokens), r.seq_length, r.num_generated_tokens > 0) for r in batch.requests_to_run
+            ]
             flushed += batch.requests_to_flush.uids
             self._generate()
             if ran or not self.has_unfinished():
@@ -306,7 +312,9 @@ class MIIEngine(EngineCore):
         live = self._live.get(uid)
         return live.req_id if live is not None else f"uid{uid}"
 
-    def _record(self, ran: list[tuple[int, int, int, bool]], flushed: list[int], finished: list[Completion]) -> StepRecord:
+    def _record(
+        self, ran: list[tuple[int, int, int, bool]], flushed: list[int], finished: list[Completion]
+    ) -> StepRecord:
         slots = [Slot(self._user(u), "decode" if dec else "prefill", n, seen + n) for u, n, seen, dec in ran]
         admitted = [self._user(u) for u, _n, seen, dec in ran if seen == 0 and not dec]
         # a flushed request that has not finished was evicted by MII (reset_request_status): a preemption
@@ -378,6 +386,18 @@ def _refuse_unsupported(c: EngineConfig) -> None:
         raise ValueError(f"kv_dtype={c.kv_dtype!r}: DeepSpeed's KV cache holds the compute dtype; use 'auto'")
     if not c.enable_chunked_prefill:
         raise ValueError("enable_chunked_prefill=False: MII's Dynamic SplitFuse always splits long prompts")
+
+
+def _import_mii() -> None:
+    """Import DeepSpeed and MII; without them, say which extra installs them."""
+    try:
+        import deepspeed  # noqa: F401  (says "Setting accelerator to CPU" once)
+        import mii  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            f"the mii engine needs DeepSpeed-MII ({exc.name} is missing): pip install 'llmlab[mii]' "
+            f"({patches.PINNED_TEXT})"
+        ) from exc
 
 
 def _version(dist: str) -> str:

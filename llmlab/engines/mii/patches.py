@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 PINNED = {"deepspeed": "0.19.8", "deepspeed-mii": "0.3.3"}
-INSTALL = "pip install 'llmlab[mii]' (deepspeed==0.19.8, deepspeed-mii==0.3.3)"
+PINNED_TEXT = ", ".join(f"{k}=={v}" for k, v in PINNED.items())
+INSTALL = f"pip install 'llmlab[mii]' ({PINNED_TEXT})"
 _inproc = itertools.count()
 
 
@@ -124,7 +125,9 @@ def check_versions() -> None:
     for dist, pin in PINNED.items():
         got = version(dist)
         if got != pin:
-            raise PatchError(f"{dist} {got} is installed; llmlab's MII engine is verified with {dist}=={pin}: {INSTALL}")
+            raise PatchError(
+                f"{dist} {got} is installed; llmlab's MII engine is verified with {dist}=={pin}: {INSTALL}"
+            )
 
 
 @contextlib.contextmanager

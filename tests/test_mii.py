@@ -1,0 +1,136 @@
+"""DeepSpeed-MII's own SplitFuse scheduler and DeepSpeed's own KV state manager on the embedded SmolLM2.
+
+One engine serves the module; the tiny-pool engine starts after it closes, which also proves that a
+second launch in one process works. Every schedule and block id below is decided by MII's and
+DeepSpeed's code (see llmlab/engines/mii/engine.py); only the forward is llmlab's.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import llmlab
+from llmlab import workloads
+
+pytest.importorskip("deepspeed", reason="install llmlab[mii] (make test does) to test the MII engine")
+pytest.importorskip("mii", reason="install llmlab[mii] (make test does) to test the MII engine")
+
+PROMPTS = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colours are",
+    "To make a cup of tea, first",
+    "def fibonacci(n):",
+]
+LONG = " ".join(f"Item {i} is a word." for i in range(20))  # about 120 tokens: several chunks at a 32-token budget
+BUDGET = 32
+KNOBS = {"dtype": "float32", "block_size": 16, "num_blocks": 64, "max_num_seqs": 8, "max_num_batched_tokens": BUDGET}
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    eng = llmlab.launch("mii", **KNOBS)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def run(engine):
+    out = engine.run(workloads.fixed([*PROMPTS, LONG], max_tokens=16, ignore_eos=True))
+    assert out.error is None, out.error
+    return out
+
+
+def test_splitfuse_splits_the_long_prompt_while_others_decode(run):
+    steps = run.trace.step_records
+    long_id = str(len(PROMPTS))
+    chunks = [(k, s) for k, r in enumerate(steps) for s in r.batch if s.req_id == long_id and s.phase == "prefill"]
+    prompt_len = len(run.outputs[long_id].prompt_token_ids)
+    assert len(chunks) >= 3, chunks  # MII split it over several steps
+    assert sum(s.num_tokens for _, s in chunks) == prompt_len
+    assert any(any(o.phase == "decode" for o in steps[k].batch) for k, _ in chunks), "no decode shared a chunk's step"
+    for r in steps:
+        assert sum(s.num_tokens for s in r.batch) <= BUDGET
+        assert len(r.batch) <= KNOBS["max_num_seqs"]
+
+
+def test_every_block_is_free_or_held_by_a_tracked_sequence(run, engine):
+    pool = KNOBS["num_blocks"]
+    for r in run.trace.step_records:
+        held = [b for b in r.kv.owners]
+        assert len(held) == len(set(held))  # no block held twice
+        assert r.kv.free + len(held) == pool == r.kv.num_blocks
+        assert r.kv.used == len(held)
+    last = run.trace.step_records[-1].kv
+    assert last.free == pool and not last.owners
+    assert engine.core.manager.n_tracked_sequences == 0
+    assert int(engine.core.manager.free_blocks[0]) == pool
+
+
+def test_trace_uses_the_users_ids_and_deepspeeds_block_ids(run):
+    ids = {str(i) for i in range(len(PROMPTS) + 1)}
+    assert set(run.slots.req_id) == ids
+    owners = {o for r in run.trace.step_records for v in r.kv.owners.values() for o in v}
+    assert owners == ids
+    assert run.trace.info.engine == "mii" and (run.steps.source == "exact").all()
+    # a request holds ceil(context / block_size) of DeepSpeed's blocks once its step has run
+    for r in run.trace.step_records:
+        held: dict[str, int] = {}
+        for who in r.kv.owners.values():
+            held[who[0]] = held.get(who[0], 0) + 1
+        for s in r.batch:
+            if s.req_id not in held:  # the run's end: MII flushed the last requests as they finished
+                assert s.req_id in r.finished and r is run.trace.step_records[-1]
+                continue
+            assert held[s.req_id] == -(-s.context_len // KNOBS["block_size"])
+
+
+def test_greedy_text_equals_the_native_engine(run):
+    native = llmlab.launch("native", dtype="float32")
+    try:
+        want = native.run(workloads.fixed([*PROMPTS, LONG], max_tokens=16, ignore_eos=True))
+    finally:
+        native.close()
+    got = {k: v.token_ids for k, v in run.outputs.items()}
+    assert got == {k: v.token_ids for k, v in want.outputs.items()}
+    assert all(len(t) == 16 for t in got.values())
+    assert [run.outputs[k].text for k in sorted(got)] == [want.outputs[k].text for k in sorted(got)]
+
+
+def test_dashboard_renders_and_a_saved_run_replays(run, tmp_path):
+    d = run.show(step=-1)
+    n = len(run.trace.step_records)
+    assert list(d.schedule.figure.data[0].x) == list(range(n))
+    used = next(t for t in d.kv.figure.data if t.name == "used blocks")
+    assert list(used.y) == run.steps.kv_used.tolist()
+    assert "mii" in run.to_html(tmp_path / "mii.html").read_text()
+    back = llmlab.load(run.save(tmp_path / "mii.jsonl"))
+    assert back.trace.info.engine == "mii"
+    assert [r.kv.owners for r in back.trace.step_records] == [r.kv.owners for r in run.trace.step_records]
+    k = n // 2
+    replay = back.show(step=k)
+    assert replay.counter.value == f"step {k}"
+
+
+def test_pool_too_small_names_the_knob_then_relaunch_works(engine):
+    engine.close()
+    tiny = llmlab.launch("mii", **{**KNOBS, "num_blocks": 2})
+    try:
+        with pytest.raises(ValueError, match="num_blocks"):
+            tiny.run(workloads.fixed([LONG], max_tokens=8, ignore_eos=True))
+        assert tiny.generate("The capital of France is", max_tokens=4)[0].token_ids  # it survives
+    finally:
+        tiny.close()
+    again = llmlab.launch("mii", **KNOBS)
+    try:
+        assert len(again.generate("Water boils at", max_tokens=3, ignore_eos=True)[0].token_ids) == 3
+    finally:
+        again.close()
+
+
+def test_settings_mii_cannot_honour_are_refused():
+    with pytest.raises(ValueError, match="enable_chunked_prefill"):
+        llmlab.launch("mii", enable_chunked_prefill=False)
+    with pytest.raises(ValueError, match="no setting policy"):
+        llmlab.launch("mii", policy="chunked")
