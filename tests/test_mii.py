@@ -122,9 +122,20 @@ def test_pool_too_small_names_the_knob_then_relaunch_works(engine):
         assert tiny.generate("The capital of France is", max_tokens=4)[0].token_ids  # it survives
     finally:
         tiny.close()
-    again = llmlab.launch("mii", **KNOBS)
+    # relaunched with a pool of 4 blocks (64 tokens) for three requests of 50 tokens each: MII evicts a
+    # running request (reset_request_status); then the first finishes while its blocks await MII's flush,
+    # nothing else fits, and MII's own scheduler asserts: llmlab names the knob and frees every block
+    again = llmlab.launch("mii", **{**KNOBS, "num_blocks": 4})
     try:
-        assert len(again.generate("Water boils at", max_tokens=3, ignore_eos=True)[0].token_ids) == 3
+        wl = workloads.synthetic(3, prompt_len=20, output_len=30, ignore_eos=True, seed=3)
+        run = again.run(wl)
+        assert isinstance(run.error, ValueError) and "launch with more num_blocks" in str(run.error)
+        assert "no request consumes KV cache" in str(run.error)  # MII's own words, kept as the cause
+        assert run.steps.preempted.sum() > 0
+        assert all(r.kv.free + len(r.kv.owners) == 4 for r in run.trace.step_records)
+        assert again.core.manager.n_tracked_sequences == 0 and int(again.core.manager.free_blocks[0]) == 4
+        ok = again.run(workloads.synthetic(1, prompt_len=20, output_len=30, ignore_eos=True, seed=3))
+        assert ok.error is None and len(ok.outputs[next(iter(ok.outputs))].token_ids) == 30
     finally:
         again.close()
 

@@ -223,17 +223,26 @@ class MIIEngine(EngineCore):
         self._by_id[req_id] = uid
 
     def abort(self, req_id: str) -> None:
+        """Take the request out of MII's queues and free its DeepSpeed sequence now (MII's `flush`)."""
         uid = self._by_id.pop(req_id, None)
         if uid is None:
             return
-        self._live[uid].done = True
+        self._live.pop(uid, None)
+        self._drop(uid)
+
+    def _drop(self, uid: int) -> None:
         pipe = self.pipe
         pipe.buffer = type(pipe.buffer)(r for r in pipe.buffer if r.uid != uid)
         pipe.scheduled_requests.prune([uid])
+        kept = []
+        while not pipe.request_queue.empty():
+            r = pipe.request_queue.get_nowait()
+            if r.uid != uid:
+                kept.append(r)
+        for r in kept:
+            pipe.request_queue.put(r)
         if self.manager.get_sequence(uid) is not None:
-            pipe._queue_flush_request(uid)
-        else:
-            self._live.pop(uid, None)
+            pipe.flush([uid])
 
     def has_unfinished(self) -> bool:
         return any(not r.done for r in self._live.values())
@@ -265,6 +274,10 @@ class MIIEngine(EngineCore):
         try:
             self.pipe.generate()
         except AssertionError as exc:  # MII's reset_request_status: nothing left to evict
+            # finished requests whose flush MII has not run yet would keep their blocks: free them now
+            for uid in [u for u, r in self._live.items() if r.done]:
+                self._live.pop(uid)
+                self._drop(uid)
             raise ValueError(
                 f"MII could not fit the waiting requests into the KV pool of num_blocks={self.num_blocks} blocks of "
                 f"{self.block_size} tokens ({exc}): launch with more num_blocks (or kv_cache_memory)"
