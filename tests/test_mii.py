@@ -145,3 +145,32 @@ def test_settings_mii_cannot_honour_are_refused():
         llmlab.launch("mii", enable_chunked_prefill=False)
     with pytest.raises(ValueError, match="no setting policy"):
         llmlab.launch("mii", policy="chunked")
+
+
+def test_cpu_patches_are_scoped_and_refuse_a_missing_name():
+    import importlib
+
+    from llmlab.engines.mii import patches
+
+    before = {(p.module, p.name): getattr(importlib.import_module(p.module), p.name) for p in patches.PATCHES}
+    with patches.cpu_patches():
+        changed = {k for k, v in before.items() if getattr(importlib.import_module(k[0]), k[1]) is not v}
+    assert changed == set(before)  # each patch applied inside the block
+    after = {(p.module, p.name): getattr(importlib.import_module(p.module), p.name) for p in patches.PATCHES}
+    assert after == before  # and every original back outside it
+    gone = patches.Patch("deepspeed.inference.v2.ragged.kv_cache", "no_such_name", lambda o: o, "test")
+    with pytest.raises(patches.PatchError, match=r"no_such_name is not there.*deepspeed==0\.19\.8"):
+        with patches.cpu_patches((*patches.PATCHES[:2], gone)):
+            pass
+    assert {(p.module, p.name): getattr(importlib.import_module(p.module), p.name) for p in patches.PATCHES} == before
+
+
+def test_the_simulator_imitates_a_mii_run(run):
+    """llmlab's `splitfuse` policy, fed MII's configuration, batches the same workload; where it
+    differs from MII's real schedule is for a learner to see (notebook 04)."""
+    from llmlab.plan import calibrate
+    from llmlab.plan.calibrate import simulate_like
+
+    predicted = simulate_like(run, calibrate(run))
+    assert predicted.info.config["policy"] == "splitfuse"
+    assert set(predicted.outputs) == set(run.outputs)

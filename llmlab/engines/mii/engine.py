@@ -150,7 +150,7 @@ class MIIEngine(EngineCore):
             device="cpu",
             dtype=torch_name,
             config={
-                "policy": "splitfuse (MII)",
+                "policy": "mii",  # Dynamic SplitFuse; the simulator imitates it with policy="splitfuse"
                 "block_size": block_size,
                 "num_blocks": num_blocks,
                 "kv_cache_bytes": num_blocks * per_block,
