@@ -12,10 +12,13 @@ Each llmlab step is one call of MII's `generate()`, as `MIIPipeline.__call__` ma
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
 import queue
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +118,7 @@ class MIIEngine(EngineCore):
                 memory_config=MemoryConfig(mode=AllocationMode.ALLOCATE, size=num_blocks),
             )
         )
-        with patches.cpu_patches():
+        with patches.cpu_patches(), _quiet_deepspeed():
             # InferenceEngineV2.__init__ without its TP group and policy (CUDA layers): the same fields
             engine = InferenceEngineV2.__new__(InferenceEngineV2)
             engine._config, engine._policy, engine._base_mp_group = ds_config, None, None
@@ -399,6 +402,21 @@ def _refuse_unsupported(c: EngineConfig) -> None:
         raise ValueError(f"kv_dtype={c.kv_dtype!r}: DeepSpeed's KV cache holds the compute dtype; use 'auto'")
     if not c.enable_chunked_prefill:
         raise ValueError("enable_chunked_prefill=False: MII's Dynamic SplitFuse always splits long prompts")
+
+
+@contextlib.contextmanager
+def _quiet_deepspeed() -> Iterator[None]:
+    """DeepSpeed logs each KV cache allocation at INFO on stdout; in a notebook that buries the cell's
+    output (`info.config` holds the same numbers). Warnings still show."""
+    from deepspeed.inference.v2.logging import inference_logger
+
+    log = inference_logger()  # created now, so its own INFO level is set before ours
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _import_mii() -> None:
