@@ -201,6 +201,11 @@ class MIIEngine(EngineCore):
             )
         if params.stop:
             raise ValueError(f"request {req_id!r}: the mii engine takes no stop strings here: give stop=None")
+        if params.seed is not None and params.temperature > 0:
+            raise ValueError(
+                f"request {req_id!r}: seed={params.seed} cannot be honoured: MII's sampler draws from torch's "
+                "global generator; give seed=None (or call torch.manual_seed before the run)"
+            )
         self.check_vocab(req_id, prompt_token_ids, self.vocab_size)
 
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
