@@ -174,3 +174,24 @@ def test_the_simulator_imitates_a_mii_run(run):
     predicted = simulate_like(run, calibrate(run))
     assert predicted.info.config["policy"] == "splitfuse"
     assert set(predicted.outputs) == set(run.outputs)
+
+
+def test_close_during_a_live_run_stops_it_and_frees_deepspeeds_pool(smollm2_path):
+    import threading
+    import time
+
+    eng = llmlab.launch("mii", **KNOBS)
+    run = eng.run(workloads.synthetic(6, prompt_len=40, output_len=64, ignore_eos=True, seed=5), live=True)
+    deadline = time.monotonic() + 120
+    while len(run.trace) < 3 and not run.done and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not run.done, "the run finished before close() could interrupt it"
+    core, manager = eng.core, eng.core.manager
+    eng.close()
+    assert run.done and run.status == "stopped" and run.error is None, run
+    # the stopped requests were aborted through MII's flush: DeepSpeed tracks none and every block is free
+    assert manager.n_tracked_sequences == 0 and int(manager.free_blocks[0]) == KNOBS["num_blocks"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("llmlab")]
+    assert core.closed and core.pipe is None
+    with pytest.raises(ValueError, match="closed"):
+        eng.run(workloads.synthetic(1, prompt_len=8, output_len=2))
