@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 import time
 
 import pytest
@@ -13,12 +14,13 @@ import llmlab
 from llmlab import workloads
 from llmlab.config import ALL_ENGINES, SPECS, EngineConfig, SettingTypeError, check_settings, settings_for
 from llmlab.core.request import SamplingParams
+from llmlab.engines.mii.engine import MIIEngine
 from llmlab.engines.native import NativeEngine
 from llmlab.engines.sim import SimEngine
 from llmlab.engines.vllm import VLLMEngine
 from llmlab.workloads import WorkItem, Workload
 
-CLASSES = {"native": NativeEngine, "sim": SimEngine, "vllm": VLLMEngine}
+CLASSES = {"native": NativeEngine, "sim": SimEngine, "vllm": VLLMEngine, "mii": MIIEngine}
 NAN, INF = float("nan"), float("inf")
 
 # (engines, setting, value, error type): each must be refused before anything loads
@@ -94,6 +96,13 @@ def test_watermark_leaving_no_room_for_a_second_request(smollm2_path):
     with pytest.raises(ValueError, match=r"watermark=0\.95 keeps 9 of num_blocks=10"):
         llmlab.launch("native", dtype="float32", num_blocks=10, watermark=0.95)
     assert time.perf_counter() - t0 < 1.0  # before the weights load
+
+
+def test_mii_without_deepspeed_names_the_extra(monkeypatch):
+    """`import llmlab` needs no DeepSpeed; launching the mii engine without it says what to install."""
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # an import of it now raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'llmlab\[mii\]'"):
+        llmlab.launch("mii")
 
 
 def test_unknown_setting_and_engine():

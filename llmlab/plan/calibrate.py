@@ -254,7 +254,7 @@ SIM_KNOBS = (
 )
 # the sim policy that batches as an engine's own scheduler does: vLLM's serves the running
 # requests (decodes, prompt chunks) first, then admits waiting ones into the token budget left
-SIM_POLICY = {"vllm": "chunked"}
+SIM_POLICY = {"vllm": "chunked", "mii": "splitfuse"}  # MII: Dynamic SplitFuse
 
 
 def simulate_like(run: Run, model: Any = None, workload: Workload | None = None, gpu: Any = None) -> Run:
