@@ -63,7 +63,8 @@ def check_layout(cfg: dict, tp: int, pp: int, device: str = "cpu") -> None:
 
 
 def _bounds(n: int, parts: int) -> list[int]:
-    return [i * n // parts for i in range(parts + 1)]
+    """Split points of n things into `parts` runs, the earlier runs larger by one where uneven."""
+    return [-(-i * n // parts) for i in range(parts + 1)]
 
 
 @dataclass(frozen=True)
