@@ -163,3 +163,13 @@ def test_a_killed_worker_fails_the_run_naming_its_rank(pp2):
     assert not any(psutil.pid_exists(p) for p in pool.pids)  # no worker left behind
     again = engine.run(WORKLOAD)
     assert again.status == "failed" and "launch the engine again" in str(again.error)
+
+
+def test_the_dashboard_shows_the_parallel_panel_only_for_a_parallel_run(ref, pp2):
+    from llmlab.widgets.dashboard import Dashboard
+
+    assert Dashboard(ref[1]).parallel is None
+    board = Dashboard(pp2[1])
+    assert board.parallel is not None and board.parallel in board.children
+    assert {t.name for t in board.parallel.data} == {"compute", "send", "recv"}
+    assert "micro-batch" in board.static_html()
