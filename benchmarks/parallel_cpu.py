@@ -13,11 +13,13 @@ watch where the time goes, not to win. On GPUs with NVLink the same bytes cost f
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import llmlab
+from llmlab.engines.native.parallel.shard import Shard
 from llmlab.plan.cost import CostModel, parallel_step_bytes, slots_for
 from llmlab.plan.hardware import local_cpu
 
@@ -25,22 +27,35 @@ LAYOUTS = [{"tp": 1, "pp": 1}, {"tp": 2, "pp": 1}, {"tp": 1, "pp": 2}]
 
 
 def predicted(model_path: str, tp: int, pp: int, batch: int, context: int) -> dict[str, float]:
-    """The cost model's decode step on this CPU, its cores shared by the tp x pp ranks and the
-    ranks linked through shared memory (the CPU's copy bandwidth)."""
+    """A decode step on this CPU by the cost model: its one-process step time (roofline on the
+    measured CPU), shared out to the ranks (each has 1/world of the cores and computes its largest
+    shard's part), plus the communication the bytes predict over shared memory (the CPU's copy
+    bandwidth) with the model's fixed latency per collective or hop. The planner's own tp grid takes
+    only even head splits, so SmolLM2's 6 / 3 split at tp=2 is costed here from the shard."""
     cpu = local_cpu()
+    model = CostModel(model_path, cpu, weights="fp32", kv_dtype="fp32")
+    parts = model.breakdown(slots_for("decode", 1, context, batch))
+    work = sum(v for k, v in parts.items() if k != "overhead")
     world = tp * pp
-    hw = replace(
-        cpu,
-        flops={k: v / world for k, v in cpu.flops.items()},
-        bandwidth=cpu.bandwidth / world,
-        interconnect=cpu.bandwidth,
-    )
-    parts = CostModel(model_path, hw, weights="fp32", kv_dtype="fp32", tp=tp, pp=pp).breakdown(
-        slots_for("decode", 1, context, batch)
-    )
-    comm = parts["allreduce"] + parts["pipeline"]
-    total = sum(parts.values())
-    return {"step_ms": total * 1e3, "comm_share": comm / total if total else 0.0}
+    cfg = json.loads((Path(model_path) / "config.json").read_text())
+    hop = parallel_step_bytes(model_path, [batch], 2, 1)[0]["allreduce_bytes"] / (2 * cfg["num_hidden_layers"])
+    latency = model.efficiency.comm_latency_s
+    if tp > 1:
+        shard = Shard.of(cfg, tp, pp, 0)
+        h, inter, heads = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+        attn = h * h * (2 + 2 * cfg["num_key_value_heads"] / heads)
+        share = (attn * (shard.heads[1] - shard.heads[0]) / heads + 3 * h * (shard.inter[1] - shard.inter[0])) / (
+            attn + 3 * h * inter
+        )
+        compute = work * share * world
+        comm = 2 * cfg["num_hidden_layers"] * (hop * 2 * (tp - 1) / tp / cpu.bandwidth + latency)
+    else:
+        m = min(pp, batch)
+        stage = work / pp / m * world  # one micro-batch through one stage
+        compute = stage * (m + pp - 1)  # the last micro-batch leaves the last stage after pp - 1 extra slots
+        comm = (pp - 1) * m * (hop / m / cpu.bandwidth + latency)
+    total = compute + comm + parts["overhead"]
+    return {"step_ms": total * 1e3, "comm_share": comm / (compute + comm)}
 
 
 def bench(layout: dict, n: int, max_tokens: int) -> dict:
