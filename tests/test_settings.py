@@ -146,7 +146,7 @@ def test_dtype_names_are_one_vocabulary():
 @pytest.mark.parametrize(
     ("engine", "settings", "says"),
     [
-        ("native", {"tp": 2}, "runs on one device"),
+        ("native", {"tp": 4}, r"use tp in \[1, 2, 3, 9\]"),
         ("vllm", {"kv_dtype": "int8"}, "the vllm engine stores K/V as one of"),
         ("vllm", {"weights": "int4"}, "pre-quantized checkpoint"),
         ("native", {"kv_dtype": "fp16", "dtype": "fp32"}, "the native engine stores K/V as one of"),

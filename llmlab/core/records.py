@@ -59,6 +59,8 @@ class StepRecord:
     kv: KVSnapshot | None = None
     prefix_hit_tokens: int = 0
     source: Source = "exact"
+    # tp/pp > 1: per-rank compute and communication time, bytes, micro-batch timeline (parallel/runner.py)
+    parallel: dict[str, Any] | None = None
 
     @property
     def num_steps(self) -> int:

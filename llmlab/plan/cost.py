@@ -430,3 +430,29 @@ def slots_for(phase: str, num_tokens: int, context_len: int, count: int = 1) -> 
     from llmlab.core.records import Slot
 
     return [Slot(req_id=str(i), phase=phase, num_tokens=num_tokens, context_len=context_len) for i in range(count)]
+
+
+def parallel_step_bytes(
+    shape: ModelShape | str, micro_batch_tokens: Iterable[int], tp: int = 1, pp: int = 1, dtype: str = "fp32"
+) -> list[dict[str, int]]:
+    """Bytes each rank's collectives and stage hand-offs carry in one step, per rank (rank =
+    stage x tp + tp_rank), for micro-batches of the given token counts. Payload bytes as the
+    native engine counts them: every all-reduce sums a [tokens, hidden] tensor (two per layer of the
+    rank's stage), every stage but the last sends each micro-batch's [tokens, hidden] hidden states
+    and every stage but the first receives them. A ring all-reduce moves 2 (tp-1)/tp of its payload
+    over each link; the cost model's `allreduce` group uses that."""
+    s = get_shape(shape)
+    tokens = sum(micro_batch_tokens)
+    act = int(WEIGHT_BYTES[dtype])
+    ends = [-(-i * s.num_layers // pp) for i in range(pp + 1)]  # earlier stages one layer more where uneven
+    layers = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    hop = tokens * s.hidden_size * act
+    return [
+        {
+            "allreduce_bytes": 2 * layers[stage] * hop if tp > 1 else 0,
+            "send_bytes": hop if stage < pp - 1 else 0,
+            "recv_bytes": hop if stage > 0 else 0,
+        }
+        for stage in range(pp)
+        for _ in range(tp)
+    ]

@@ -745,6 +745,7 @@ _RECORDS: dict[str, Check] = {
             "kv": _optional(_KV),
             "prefix_hit_tokens": _count,
             "source": _choice("exact", "derived"),
+            "parallel": _optional(_mapping_any),  # tp/pp > 1 only; absent in older files
         },
         _required(StepRecord),
     ),
