@@ -458,3 +458,19 @@ def test_efficiency_is_validated_and_swappable():
     with pytest.raises(ValueError, match="compute"):
         Efficiency(compute=0)
     assert Efficiency.for_hardware(get_hardware("H100")).memory == pytest.approx(0.8)
+
+
+def test_factors_explain_a_step():
+    """The named factors: GEMMs reach more of the rate on bigger steps, fp8 reaches more tensor
+    flops than bf16 but a smaller share of its peak, PCIe collectives wait longer than NVLink ones."""
+    fp8 = CostModel("llama-3.1-70b", "H100", weights="fp8", tp=2)
+    small, big = fp8.factors(slots_for("prefill", 64, 64)), fp8.factors(slots_for("prefill", 4096, 4096))
+    assert small["gemm_efficiency"] < big["gemm_efficiency"] < fp8.efficiency.compute
+    bf16 = CostModel("llama-3.1-70b", "H100", tp=2).factors(slots_for("prefill", 4096, 4096))
+    assert bf16["achieved_tflops"] < big["achieved_tflops"] and big["gemm_efficiency"] < bf16["gemm_efficiency"]
+    assert big["link"] == "NVLink" and big["collectives"] == 2 * fp8.shape.num_layers
+    pcie = CostModel("llama-3.1-8b", "L40S", tp=2)
+    assert pcie.factors(slots_for("decode", 1, 100))["link"] == "PCIe"
+    assert pcie.collective_latency() > CostModel("llama-3.1-8b", "H100", tp=2).collective_latency()
+    decode = CostModel("llama-3.1-8b", "H100").factors(slots_for("decode", 1, 100))
+    assert 0.5 < decode["achieved_bandwidth_fraction"] < decode["bandwidth_efficiency"]  # fixed costs dilute it

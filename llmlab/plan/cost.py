@@ -487,7 +487,8 @@ class CostModel:
         """Seconds per operator group for one step (summed over pipeline stages), for teaching and plots.
 
         With pp > 1 the groups are summed over stages for one micro-batch pass; `pipeline` holds
-        the bubble and hops that the synchronous pipeline adds.
+        the bubble and hops that the synchronous pipeline adds. `overhead` holds the step's host time
+        and per-layer kernel gaps; `factors` shows the named factors behind every group.
         """
         load = slots if isinstance(slots, StepLoad) else step_load(slots)
         out = dict.fromkeys(GROUPS, 0.0)
@@ -502,6 +503,39 @@ class CostModel:
             out["pipeline"] = self._pipeline(*load)[1]
         out["overhead"] = self._host(load.tokens, load.seqs)
         return out
+
+    def factors(self, slots: Iterable[Any] | StepLoad) -> dict[str, Any]:
+        """The named factors behind one step's time (see the module's constants), for teaching:
+        what GEMMs, memory and links reach on it and the fixed costs it pays. `breakdown` gives
+        the seconds per group; this says why they are what they are."""
+        load = slots if isinstance(slots, StepLoad) else step_load(slots)
+        e, hw = self._efficiency, self.hw
+        fp8 = self.weights == "fp8" and not self.weight_only
+        tokens = max(load.tokens, 0)
+        gemm = e.compute * (e.fp8_rate if fp8 else 1.0) * (tokens / (tokens + e.gemm_half_tokens) if tokens else 0.0)
+        a1, b1, c1, a2, b2, c2, x2, a3, d3, e4, a5, b5, c5, a6, b6 = self._coeffs[0]
+        mlp_bytes = b2 + c2 * tokens + (x2 * (1.0 - self._miss ** (tokens * self._spread)) if x2 else 0.0)
+        memory_s = b1 + c1 * tokens + mlp_bytes + d3 * (load.kv_read + tokens) + e4 * tokens + b5 + c5 * load.seqs
+        step = self.time_for(*load) if tokens else 0.0
+        nvlink = hw.interconnect >= NVLINK_MIN_BANDWIDTH
+        return {
+            "linear_rate": "fp8" if fp8 else self.act,
+            "gemm_efficiency": gemm,  # of the datasheet rate, at this step's tokens
+            "achieved_tflops": self.linear_rate * gemm / 1e12,
+            "bandwidth_efficiency": e.memory,  # while streaming
+            "achieved_bandwidth_fraction": memory_s * e.memory / step if step else 0.0,  # over the whole step
+            "kv_dtype": self.kv_dtype,
+            "kv_bytes_per_token": self.stages[0].kv_bytes,
+            "attention_efficiency": e.attention,
+            "link": "none" if self.tp * self.pp * self.ep == 1 else "NVLink" if nvlink else "PCIe",
+            "link_efficiency": e.network,
+            "collectives": self.stages[0].collectives,
+            "collective_latency_s": self.collective_latency() if self.tp * self.ep > 1 else 0.0,
+            "step_overhead_s": e.overhead_s,
+            "layer_overhead_s": e.per_layer_s * self.shape.num_layers,
+            "host_per_token_s": e.per_token_s,
+            "host_per_seq_s": e.per_seq_s,
+        }
 
     def decode_bound_tokens_per_s(self, batch: int, context_len: int) -> float:
         """Output tokens per second of a steady decode at `batch` x `context_len` (no prefill)."""
