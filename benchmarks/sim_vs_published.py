@@ -23,7 +23,7 @@ from typing import Any
 
 import llmlab
 from llmlab import workloads
-from llmlab.config import settings_for
+from llmlab.config import POLICY_NAMES, settings_for
 
 SUITE = Path(__file__).parent / "published" / "published.csv"
 LATENCY_METRICS = {"ttft_mean", "itl_mean", "e2e_latency_mean", "decode_rate_per_request"}
@@ -53,7 +53,12 @@ def engine_settings(row: dict[str, str]) -> dict[str, Any]:
     presets, else the engine's documented defaults written out above."""
     if "like" in settings_for("sim"):
         return {"like": row["engine"]}
-    return dict(ENGINE_KNOBS[row["engine"]])
+    knobs = dict(ENGINE_KNOBS[row["engine"]])
+    # TensorRT-LLM's default capacity scheduler admits a request only with KV for its whole output
+    # (no preemption); use it where the core has that policy, else the chunked one (which preempts)
+    if row["engine"] in ("trtllm", "nim") and "guaranteed_no_evict" in POLICY_NAMES:
+        knobs["policy"] = "guaranteed_no_evict"
+    return knobs
 
 
 def launch_for(row: dict[str, str]) -> Any:
