@@ -1,7 +1,9 @@
 """Step-time model: a roofline per operator group, efficiency factors, communication and overhead.
 
 Each group's time is the larger of its compute time (flops / (peak rate x compute efficiency))
-and its memory time (bytes / (bandwidth x memory efficiency)):
+and its memory time (bytes / (bandwidth x memory efficiency)); GEMM efficiency grows with the
+tokens in the step (n tokens cost what n + GEMM_HALF_TOKENS would at full efficiency), and fp8
+GEMMs reach FP8_RATE_FRACTION of the bf16 share of their peak:
 
 - `qkv_o`: the attention projections; `mlp`: gate/up/down (MoE: the routed experts, reading only
   the experts some token picked); weights read once per step, so decode is memory-bound.
@@ -10,10 +12,16 @@ and its memory time (bytes / (bandwidth x memory efficiency)):
 - `elementwise`: norms, rotary embedding, activation function: memory traffic only.
 - `lm_head`: logits for every scheduled request (one row each).
 - `allreduce` (tp > 1): two per layer (after attention and after the MLP), ring algorithm:
-  2 (tp-1)/tp x bytes / interconnect, plus a fixed latency each. With expert parallel (ep > 1,
+  2 (tp-1)/tp x bytes / interconnect, plus a latency each: a base one and one per ring step,
+  larger over PCIe than NVLink (`collective_latency`). With expert parallel (ep > 1,
   MoE) the MLP's all-reduce becomes an all-to-all dispatch and combine: each token's hidden
   state goes to its experts_per_token experts, (ep-1)/ep of them on other GPUs, and back.
-- `overhead`: host time per step (scheduling, input preparation, sampling launch).
+- `overhead`: host time per step (scheduling, input preparation, sampling launch) and the GPU's
+  per-layer kernel gaps (LAYER_OVERHEAD_S) that no roofline counts.
+
+Every GPU factor is a named constant below, with where it comes from; `CostModel.factors(slots)`
+shows them for one step, `breakdown(slots)` the seconds per group. `benchmarks/sim_vs_published.py`
+checks the whole against published GPU results.
 
 Quantization changes bytes moved and the rate: fp8 weights use the fp8 tensor rate where the
 hardware has one (W8A8); int8, int4 and fp8 without an fp8 path are weight-only: the bf16 rate,
@@ -60,14 +68,16 @@ GEMM_EFFICIENCY = 0.7
 FP8_RATE_FRACTION = 0.9
 """fp8 GEMMs reach a smaller share of their (twice as high) datasheet rate than bf16 GEMMs: about
 1,250 of 1,979 dense TFLOPS on H100 SXM, i.e. ~0.9 x GEMM_EFFICIENCY (the per-tensor scaling and
-the output conversion cost). Used only where the weights are fp8 and the GPU has an fp8 tensor path."""
+the output conversion cost). Used only where the weights are fp8 and the GPU has an fp8 tensor path.
+Chosen between 0.8 and 1.0 with the suite's fp8 prefill-heavy rows."""
 
 GEMM_HALF_TOKENS = 32.0
 """Tokens in a step at which a GEMM reaches half its large-batch efficiency: efficiency is
 GEMM_EFFICIENCY x tokens / (tokens + GEMM_HALF_TOKENS), so the compute time of n tokens is that of
 n + GEMM_HALF_TOKENS at full efficiency: 67% at 64 tokens, 94% at 512. Hopper GEMM tiles are 64-128
 rows, partly empty for small steps (decode batches are memory-bound anyway, so this shows in the
-efficiency of small prefill chunks and mixed steps)."""
+efficiency of small prefill chunks and mixed steps). Chosen from 0, 32 and 128 with the suite: 128
+made large decode batches compute-bound, which no published decode-heavy row shows."""
 
 BANDWIDTH_EFFICIENCY = 0.8
 """Fraction of datasheet HBM bandwidth that weight and KV streaming reaches (about 75-80% measured
@@ -75,13 +85,15 @@ on H100/A100 decode steps, e.g. ~77% reported for an A100 running Llama-3.1-8B a
 
 STEP_OVERHEAD_S = 1.0e-3
 """Host time per engine step that the GPU waits on: scheduling, input preparation, sampling and
-detokenisation hand-off (vLLM V1 and TensorRT-LLM's PyTorch backend profile at about 1-2 ms per
-step with CUDA graphs on; it is what keeps batch-1 decode below the bandwidth roofline)."""
+detokenisation hand-off (vLLM V1 and TensorRT-LLM's PyTorch backend profile at about 1 ms per
+step with CUDA graphs on; it is what keeps batch-1 decode below the bandwidth roofline). Chosen
+from 0.5-1.5 ms with the suite's low-load latency rows."""
 
 LAYER_OVERHEAD_S = 2e-5
 """GPU time per transformer layer per step that no roofline counts: about seven kernels a layer,
 each with ~3 us of launch gap, ramp-up and tail even inside a CUDA graph (what Nsight timelines of
-batch-1 decode show). It is what keeps small-batch decode of deep models off the bandwidth line."""
+batch-1 decode show). It is what keeps small-batch decode of deep models off the bandwidth line;
+checked against the suite's 70B and 405B low-load rows (20 us and 30 us both fit)."""
 
 NVLINK_EFFICIENCY = 0.8
 """Achieved fraction of one-direction NVLink bandwidth in a large ring all-reduce (nccl-tests
