@@ -116,7 +116,7 @@ def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Eff
 
 def _parts(cm: CostModel, base: Efficiency, loads: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step and group: compute seconds and memory seconds at efficiency 1, and the fixed rest."""
-    zero_host = {"overhead_s": 0.0, "per_token_s": 0.0, "per_seq_s": 0.0}
+    zero_host = {"overhead_s": 0.0, "per_token_s": 0.0, "per_seq_s": 0.0, "per_layer_s": 0.0}
     compute_only = replace(base, compute=1.0, memory=HUGE, **zero_host)
     memory_only = replace(base, compute=HUGE, memory=1.0, **zero_host)
     comp = np.zeros((len(loads), len(GROUPS)))
@@ -209,7 +209,8 @@ def calibrate(
         compute = memory = HUGE
     eff = replace(
         base,
-        overhead_s=float(coef[0]),
+        overhead_s=float(coef[0]),  # the fixed time per step, per-layer kernel gaps included
+        per_layer_s=0.0,
         per_token_s=float(coef[1]),
         per_seq_s=float(coef[2]),
         compute=float(compute),
