@@ -142,22 +142,33 @@ def _steps_two_slots() -> int:
     return len(_sim(two_slots_workload(), max_num_seqs=2).steps)
 
 
-def _plan_70b(**kwargs: Any) -> Any:
-    from llmlab.plan.grid import plan  # the plan package is only needed by these exercises
+def _plan_70b(num_gpus: int, weights: str, kv_dtype: str) -> Any:
+    """The memory plan `llmlab.plan(model="llama-3.1-70b", gpu="H100-SXM", max_model_len=8192, ...)`
+    makes for one row (its defaults: blocks of 16, 90% of memory, a 2048-token budget, 256 sequences)."""
+    from llmlab.plan.memory import memory_plan  # the plan package is only needed by these exercises
 
-    return plan(model="llama-3.1-70b", gpu="H100-SXM", max_model_len=8192, simulate=False, **kwargs)
+    return memory_plan(
+        "llama-3.1-70b",
+        "H100-SXM",
+        weights=weights,
+        kv_dtype=kv_dtype,
+        tp=num_gpus,
+        max_model_len=8192,
+        block_size=16,
+        gpu_memory_utilization=0.9,
+        max_num_batched_tokens=2048,
+        max_num_seqs=256,
+    )
 
 
 @cache
 def _fewest_h100_bf16() -> int:
-    table = _plan_70b(num_gpus=[1, 2, 4, 8], weights=["bf16"])
-    return int(table.loc[table.fits, "num_gpus"].min())
+    return min(n for n in (1, 2, 4, 8) if _plan_70b(n, "bf16", "bf16").fits)
 
 
 @cache
 def _full_context_seqs_fp8() -> int:
-    table = _plan_70b(num_gpus=2, weights=["fp8"], kv_dtype=["fp8"])
-    return int(table["kv_tokens"].iloc[0] // 8192)
+    return int(_plan_70b(2, "fp8", "fp8").kv_tokens // 8192)
 
 
 @cache
