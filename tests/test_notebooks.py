@@ -12,7 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
-CHECKED = ["01_first_run", "02_continuous_batching", "05_quantization_and_parallelism", "07_quantization_measured"]
+CHECKED = [
+    "01_first_run",
+    "02_continuous_batching",
+    "05_quantization_and_parallelism",
+    "07_quantization_measured",
+    "09_parallelism_measured",
+]
 
 
 def check_cells(path: Path) -> list:
