@@ -36,28 +36,32 @@ class Comm:
             self.events.append([self.micro_batch, "compute", self._mark, now, 0])
         self._mark = now
 
-    def _timed(self, kind: str, nbytes: int, fn) -> None:
+    def _timed(self, kind: str, x: torch.Tensor, fn) -> None:
+        if x.is_cuda:  # GPU work is asynchronous: time what the device did, not the launch
+            torch.cuda.synchronize(x.device)
         self.end_compute()
         t0 = time.perf_counter()
         fn()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
         t1 = time.perf_counter()
-        self.events.append([self.micro_batch, kind, t0, t1, nbytes])
+        self.events.append([self.micro_batch, kind, t0, t1, x.numel() * x.element_size()])
         self._mark = t1
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum `x` over the tensor-parallel group in place; counts its payload bytes."""
-        self._timed("allreduce", x.numel() * x.element_size(), lambda: dist.all_reduce(x, group=self.tp_group))
+        self._timed("allreduce", x, lambda: dist.all_reduce(x, group=self.tp_group))
         return x
 
     def send(self, x: torch.Tensor) -> None:
         """Hand hidden states to the next stage."""
         x = x.contiguous()
-        self._timed("send", x.numel() * x.element_size(), lambda: dist.send(x, self.next_rank))
+        self._timed("send", x, lambda: dist.send(x, self.next_rank))
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Wait for hidden states from the previous stage (the wait is idle time: the bubble)."""
         x = torch.empty(shape, dtype=dtype, device=device)
-        self._timed("recv", x.numel() * x.element_size(), lambda: dist.recv(x, self.prev_rank))
+        self._timed("recv", x, lambda: dist.recv(x, self.prev_rank))
         return x
 
 
