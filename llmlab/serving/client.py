@@ -178,18 +178,17 @@ class ServerEngine:
     def _drive(self, run: Run, workload: Workload, prompts: dict[str, str]) -> None:
         t0 = time.perf_counter()
         clock = lambda: time.perf_counter() - t0  # noqa: E731
-        poller = None
-        if self.poll_hz > 0:
-            poller = Poller(self.metrics_url, self.protocol, self.poll_hz, clock, run.trace.add_sample, self._headers)
-            poller.start()
         try:
-            asyncio.run(self._send_all(run, workload, prompts, clock))
+            try:
+                asyncio.run(self._send_all(run, workload, prompts, clock))
+            finally:  # prompt tokens the server did not report, counted after the run (off the send loop)
+                for rec in run.trace.request_records.values():
+                    if not rec.prompt_tokens and rec.req_id in prompts:
+                        rec.prompt_tokens = len(self.tokenizer.encode(prompts[rec.req_id], add_special_tokens=False))
             run.status = "stopped" if run.stop_requested else "finished"
         except BaseException as exc:  # the run ends failed; what finished is kept
             run.status, run.error = "failed", exc
         finally:
-            if poller is not None:
-                poller.stop()
             run.ended()
 
     async def _send_all(self, run: Run, workload: Workload, prompts: dict[str, str], clock) -> None:
@@ -209,6 +208,10 @@ class ServerEngine:
                     await asyncio.sleep(delay)
                 await self._request(client, run, item, prompts[item.req_id], clock, item.arrival, down)
 
+            poll = None
+            if self.poll_hz > 0:  # on this loop, not a thread: see Poller.poll
+                poller = Poller(self.metrics_url, self.protocol, self.poll_hz, clock, run.trace.add_sample)
+                poll = asyncio.create_task(poller.poll(client))
             tasks = [asyncio.create_task(one(item)) for item in workload]
             pending = set(tasks)
             while pending:
@@ -218,6 +221,9 @@ class ServerEngine:
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
                     break
+            if poll is not None:
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
         if down:
             raise ServerDown(f"{self.url} stopped answering during the run: {down[0]}") from down[0]
 
@@ -261,8 +267,6 @@ class ServerEngine:
                         rec.finish_reason = chunk.finish_reason
             rec.finish = clock()
             rec.finish_reason = rec.finish_reason or "stop"
-            if not rec.prompt_tokens:
-                rec.prompt_tokens = len(self.tokenizer.encode(prompt, add_special_tokens=False))
             run.trace.add_output(Completion(item.req_id, text, [], rec.finish_reason))
         except httpx.TransportError as exc:
             rec.finish, rec.finish_reason = clock(), "error"

@@ -97,6 +97,25 @@ class Poller:
             return read_json_stats(r.json())
         return read_prometheus(r.text)
 
+    async def poll(self, client: httpx.AsyncClient) -> None:
+        """The same polling as a task on the client's own event loop (no second thread contending for
+        the GIL, which would delay sends by up to its switch interval); ends when cancelled."""
+        import asyncio
+
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                r = await client.get(self.url, headers=self.headers, timeout=2.0)
+                r.raise_for_status()
+                if self.protocol == "trtllm" and r.headers.get("content-type", "").startswith("application/json"):
+                    values = read_json_stats(r.json())
+                else:
+                    values = read_prometheus(r.text)
+                self.on_sample(sample_of(self.protocol, values, max(self.clock(), 0.0)))
+            except Exception as exc:  # a missed sample; the run goes on
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
+
     def _loop(self) -> None:
         with httpx.Client(timeout=2.0, headers=self.headers) as client:
             while not self._stop.is_set():
