@@ -1,4 +1,4 @@
-"""Poll a server's metrics endpoint in a thread and turn each read into a `ServerSample`.
+"""Poll a server's metrics endpoint on the client's event loop and turn each read into a `ServerSample`.
 
 Prometheus text is parsed with prometheus-client's own parser; trtllm-serve's JSON iteration
 stats are flattened. Values of one name with different labels are summed (e.g. per engine).
@@ -6,7 +6,7 @@ stats are flattened. Values of one name with different labels are summed (e.g. p
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,7 +65,7 @@ def sample_of(protocol: str, values: dict[str, float], t: float) -> ServerSample
 
 
 class Poller:
-    """Reads `url` `hz` times a second until stopped, handing each sample to `on_sample`."""
+    """Reads `url` `hz` times a second, handing each sample to `on_sample`, until its task is cancelled."""
 
     def __init__(
         self,
@@ -79,30 +79,12 @@ class Poller:
         self.url, self.protocol, self.period = url, protocol, 1.0 / hz
         self.clock, self.on_sample, self.headers = clock, on_sample, headers or {}
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="llmlab-metrics-poller", daemon=True)
-
-    def start(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def read(self, client: httpx.Client) -> dict[str, float]:
-        r = client.get(self.url)
-        r.raise_for_status()
-        if self.protocol == "trtllm" and r.headers.get("content-type", "").startswith("application/json"):
-            return read_json_stats(r.json())
-        return read_prometheus(r.text)
 
     async def poll(self, client: httpx.AsyncClient) -> None:
-        """The same polling as a task on the client's own event loop (no second thread contending for
+        """Poll as a task on the client's own event loop (no second thread contending for
         the GIL, which would delay sends by up to its switch interval); ends when cancelled."""
-        import asyncio
 
-        while not self._stop.is_set():
+        while True:
             t0 = time.perf_counter()
             try:
                 r = await client.get(self.url, headers=self.headers, timeout=2.0)
@@ -115,14 +97,3 @@ class Poller:
             except Exception as exc:  # a missed sample; the run goes on
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=2.0, headers=self.headers) as client:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    values = self.read(client)
-                    self.on_sample(sample_of(self.protocol, values, max(self.clock(), 0.0)))
-                except Exception as exc:  # a missed sample; the run goes on
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-                self._stop.wait(max(0.0, self.period - (time.perf_counter() - t0)))
