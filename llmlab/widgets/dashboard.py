@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as W
 
 from llmlab.widgets.parallel_view import parallel_figure
+from llmlab.widgets.server_views import RequestTimelineView, ServerStateView
 from llmlab.widgets.state import peak_kv_step
 from llmlab.widgets.views import FIGURE_CONFIG, KVView, LatencyView, ScheduleView, widget
 
@@ -55,8 +56,11 @@ class Dashboard(W.VBox):
 
     def __init__(self, run: Run, step: int | None = None, max_fps: float = 2.0, window: int = 200) -> None:
         self.run = run
-        self.schedule = ScheduleView(run.info, window=window)
-        self.kv = KVView(window=2 * window)
+        if run.info.views.get("schedule") == "none":  # measured from outside a server: no steps to show
+            self.schedule, self.kv = RequestTimelineView(), ServerStateView(run.trace)
+        else:
+            self.schedule = ScheduleView(run.info, window=window)
+            self.kv = KVView(window=2 * window)
         self.latency = LatencyView(run.info)
         self._interval = 1.0 / max(0.5, min(max_fps, 10.0))
         self._last = 0.0

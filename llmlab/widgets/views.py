@@ -312,10 +312,14 @@ class LatencyView:
         self.figure = widget(fig)
 
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
-        if not steps:
-            return
-        k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
-        now = steps[k].t_end
+        if not steps:  # a server's run has requests but no steps: show them all
+            times = [t for r in requests for t in (r.finish, *r.token_times) if t is not None]
+            if not times:
+                return
+            k, now = -1, max(times)
+        else:
+            k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
+            now = steps[k].t_end
         ttft = [r.first_token - r.arrival for r in requests if r.first_token is not None and r.first_token <= now]
         itl = []
         for r in requests:
@@ -324,7 +328,7 @@ class LatencyView:
         shown = steps[: k + 1]
         t = np.array([s.t_end for s in shown])
         token_times = [x for r in requests for x in r.token_times if x <= now]
-        bins = max(1, min(60, len(shown) // 4))
+        bins = max(1, min(60, len(shown) // 4)) if shown else 30
         edges = np.linspace(0.0, max(now, 1e-9), bins + 1)
         counts, _ = np.histogram(token_times, bins=edges)
         rate = counts / np.diff(edges)
