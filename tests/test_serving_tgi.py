@@ -140,14 +140,14 @@ def test_dashboard_of_a_server_run_shows_request_timeline_and_samples(server, tm
     pytest.importorskip("ipywidgets")
     from llmlab.widgets.server_views import TIMELINE_TITLE
 
-    run = connect(server.url, poll_hz=20).run(workloads.poisson(rate=20, n=4, prompt_len=8, output_len=6))
+    run = connect(server.url, poll_hz=20).run(workloads.poisson(rate=20, n=6, prompt_len=8, output_len=6))
     dash = run.show()
     assert dash.schedule.figure.layout.title.text == TIMELINE_TITLE  # says plainly: no per-step batches
     wait, prefill, decode = dash.schedule.figure.data
-    assert len(decode.y) == 4 and (np.asarray(decode.x) > 0).all() and (np.asarray(prefill.x) > 0).all()
+    assert len(decode.y) == 6 and (np.asarray(decode.x) > 0).all() and (np.asarray(prefill.x) > 0).all()
     running = dash.kv.figure.data[1]
     assert len(running.x) == len(run.trace.samples) > 0
     assert "no block metric" in dash.kv.figure.layout.annotations[1].text
-    assert len(dash.latency.figure.data[0].x) == 4  # TTFT of every request, exact
+    assert len(dash.latency.figure.data[0].x) == 6  # TTFT of every request, exact (enough for a histogram)
     html = run.to_html(tmp_path / "server.html").read_text()
     assert TIMELINE_TITLE in html
