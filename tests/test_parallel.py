@@ -151,7 +151,7 @@ def test_close_ends_every_worker(tp2):
     assert not any(psutil.pid_exists(p) for p in pids)
 
 
-def test_a_killed_worker_fails_the_run_naming_its_rank(pp2):
+def test_a_killed_worker_fails_the_run_naming_its_rank_and_the_next_launch_works(ref, pp2):
     engine = pp2[0]
     pool = engine.core.runner.pool
     victim = pool.pids[1]
@@ -163,6 +163,14 @@ def test_a_killed_worker_fails_the_run_naming_its_rank(pp2):
     assert not any(psutil.pid_exists(p) for p in pool.pids)  # no worker left behind
     again = engine.run(WORKLOAD)
     assert again.status == "failed" and "launch the engine again" in str(again.error)
+    engine.close()
+    fresh = llmlab.launch("native", dtype="fp32", num_blocks=64, pp=2)  # the next launch works
+    try:
+        run = fresh.run(fixed(PROMPTS[:1], max_tokens=4, ignore_eos=True))
+        first = next(iter(_tokens(ref[1]).values()))
+        assert next(iter(_tokens(run).values())) == first[:4]
+    finally:
+        fresh.close()
 
 
 def test_the_dashboard_shows_the_parallel_panel_only_for_a_parallel_run(ref, pp2):
