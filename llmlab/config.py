@@ -390,7 +390,7 @@ class EngineConfig:
         None,
         "str",
         "simulate this engine's scheduling defaults on the GPU: 'vllm', 'trtllm', 'mii', 'tgi' or 'sglang' "
-        "(llmlab.engines.sim.presets); settings given explicitly win; None: 'vllm' on a GPU",
+        "(llmlab.engines.sim.presets); a setting given other than its default wins; None: 'vllm' on a GPU",
         "use one of 'vllm', 'trtllm', 'mii', 'tgi', 'sglang', or None",
         S,
         choices=PRESET_NAMES,
