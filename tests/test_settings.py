@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 import time
 
 import pytest
@@ -13,12 +14,13 @@ import llmlab
 from llmlab import workloads
 from llmlab.config import ALL_ENGINES, SPECS, EngineConfig, SettingTypeError, check_settings, settings_for
 from llmlab.core.request import SamplingParams
+from llmlab.engines.mii.engine import MIIEngine
 from llmlab.engines.native import NativeEngine
 from llmlab.engines.sim import SimEngine
 from llmlab.engines.vllm import VLLMEngine
 from llmlab.workloads import WorkItem, Workload
 
-CLASSES = {"native": NativeEngine, "sim": SimEngine, "vllm": VLLMEngine}
+CLASSES = {"native": NativeEngine, "sim": SimEngine, "vllm": VLLMEngine, "mii": MIIEngine}
 NAN, INF = float("nan"), float("inf")
 
 # (engines, setting, value, error type): each must be refused before anything loads
@@ -96,6 +98,13 @@ def test_watermark_leaving_no_room_for_a_second_request(smollm2_path):
     assert time.perf_counter() - t0 < 1.0  # before the weights load
 
 
+def test_mii_without_deepspeed_names_the_extra(monkeypatch):
+    """`import llmlab` needs no DeepSpeed; launching the mii engine without it says what to install."""
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # an import of it now raises ImportError
+    with pytest.raises(ValueError, match=r"pip install 'llmlab\[mii\]'"):
+        llmlab.launch("mii")
+
+
 def test_unknown_setting_and_engine():
     with pytest.raises(ValueError, match="no setting block_sise: did you mean block_size"):
         llmlab.launch("native", block_sise=16)
@@ -137,7 +146,7 @@ def test_dtype_names_are_one_vocabulary():
 @pytest.mark.parametrize(
     ("engine", "settings", "says"),
     [
-        ("native", {"tp": 2}, "runs on one device"),
+        ("native", {"tp": 4}, r"use tp in \[1, 2, 3, 9\]"),
         ("vllm", {"kv_dtype": "int8"}, "the vllm engine stores K/V as one of"),
         ("vllm", {"weights": "int4"}, "pre-quantized checkpoint"),
         ("native", {"kv_dtype": "fp16", "dtype": "fp32"}, "the native engine stores K/V as one of"),

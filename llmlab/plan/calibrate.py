@@ -116,7 +116,7 @@ def cost_model_for(run: Run, gpu: Any = None, model: Any = None, efficiency: Eff
 
 def _parts(cm: CostModel, base: Efficiency, loads: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per step and group: compute seconds and memory seconds at efficiency 1, and the fixed rest."""
-    zero_host = {"overhead_s": 0.0, "per_token_s": 0.0, "per_seq_s": 0.0}
+    zero_host = {"overhead_s": 0.0, "per_token_s": 0.0, "per_seq_s": 0.0, "per_layer_s": 0.0}
     compute_only = replace(base, compute=1.0, memory=HUGE, **zero_host)
     memory_only = replace(base, compute=HUGE, memory=1.0, **zero_host)
     comp = np.zeros((len(loads), len(GROUPS)))
@@ -209,7 +209,8 @@ def calibrate(
         compute = memory = HUGE
     eff = replace(
         base,
-        overhead_s=float(coef[0]),
+        overhead_s=float(coef[0]),  # the fixed time per step, per-layer kernel gaps included
+        per_layer_s=0.0,
         per_token_s=float(coef[1]),
         per_seq_s=float(coef[2]),
         compute=float(compute),
@@ -254,7 +255,7 @@ SIM_KNOBS = (
 )
 # the sim policy that batches as an engine's own scheduler does: vLLM's serves the running
 # requests (decodes, prompt chunks) first, then admits waiting ones into the token budget left
-SIM_POLICY = {"vllm": "chunked"}
+SIM_POLICY = {"vllm": "chunked", "mii": "splitfuse"}  # MII: Dynamic SplitFuse
 
 
 def simulate_like(run: Run, model: Any = None, workload: Workload | None = None, gpu: Any = None) -> Run:

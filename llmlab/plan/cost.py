@@ -1,7 +1,9 @@
 """Step-time model: a roofline per operator group, efficiency factors, communication and overhead.
 
 Each group's time is the larger of its compute time (flops / (peak rate x compute efficiency))
-and its memory time (bytes / (bandwidth x memory efficiency)):
+and its memory time (bytes / (bandwidth x memory efficiency)); GEMM efficiency grows with the
+tokens in the step (n tokens cost what n + GEMM_HALF_TOKENS would at full efficiency), and fp8
+GEMMs reach FP8_RATE_FRACTION of the bf16 share of their peak:
 
 - `qkv_o`: the attention projections; `mlp`: gate/up/down (MoE: the routed experts, reading only
   the experts some token picked); weights read once per step, so decode is memory-bound.
@@ -10,10 +12,16 @@ and its memory time (bytes / (bandwidth x memory efficiency)):
 - `elementwise`: norms, rotary embedding, activation function: memory traffic only.
 - `lm_head`: logits for every scheduled request (one row each).
 - `allreduce` (tp > 1): two per layer (after attention and after the MLP), ring algorithm:
-  2 (tp-1)/tp x bytes / interconnect, plus a fixed latency each. With expert parallel (ep > 1,
+  2 (tp-1)/tp x bytes / interconnect, plus a latency each: a base one and one per ring step,
+  larger over PCIe than NVLink (`collective_latency`). With expert parallel (ep > 1,
   MoE) the MLP's all-reduce becomes an all-to-all dispatch and combine: each token's hidden
   state goes to its experts_per_token experts, (ep-1)/ep of them on other GPUs, and back.
-- `overhead`: host time per step (scheduling, input preparation, sampling launch).
+- `overhead`: host time per step (scheduling, input preparation, sampling launch) and the GPU's
+  per-layer kernel gaps (LAYER_OVERHEAD_S) that no roofline counts.
+
+Every GPU factor is a named constant below, with where it comes from; `CostModel.factors(slots)`
+shows them for one step, `breakdown(slots)` the seconds per group. `benchmarks/sim_vs_published.py`
+checks the whole against published GPU results.
 
 Quantization changes bytes moved and the rate: fp8 weights use the fp8 tensor rate where the
 hardware has one (W8A8); int8, int4 and fp8 without an fp8 path are weight-only: the bf16 rate,
@@ -48,40 +56,120 @@ from llmlab.plan.memory import (
 GROUPS = ("qkv_o", "mlp", "attention", "elementwise", "lm_head", "allreduce", "pipeline", "overhead")
 
 
+# ---- the factors, each a named number with where it comes from ------------------------------
+# A GPU's defaults (`Efficiency.for_hardware`); the CPU's come from torch measurements instead.
+# They were set once against published GPU results (benchmarks/published, printed by
+# benchmarks/sim_vs_published.py), never per row.
+
+GEMM_EFFICIENCY = 0.7
+"""Fraction of the datasheet bf16 tensor rate a large GEMM reaches (cuBLAS on H100 SXM reaches about
+650-750 of 989 dense TFLOPS at large sizes, as NVIDIA's and independent GEMM benchmarks report)."""
+
+FP8_RATE_FRACTION = 0.9
+"""fp8 GEMMs reach a smaller share of their (twice as high) datasheet rate than bf16 GEMMs: about
+1,250 of 1,979 dense TFLOPS on H100 SXM, i.e. ~0.9 x GEMM_EFFICIENCY (the per-tensor scaling and
+the output conversion cost). Used only where the weights are fp8 and the GPU has an fp8 tensor path.
+Chosen between 0.8 and 1.0 with the suite's fp8 prefill-heavy rows."""
+
+GEMM_HALF_TOKENS = 32.0
+"""Tokens in a step at which a GEMM reaches half its large-batch efficiency: efficiency is
+GEMM_EFFICIENCY x tokens / (tokens + GEMM_HALF_TOKENS), so the compute time of n tokens is that of
+n + GEMM_HALF_TOKENS at full efficiency: 67% at 64 tokens, 94% at 512. Hopper GEMM tiles are 64-128
+rows, partly empty for small steps (decode batches are memory-bound anyway, so this shows in the
+efficiency of small prefill chunks and mixed steps). Chosen from 0, 32 and 128 with the suite: 128
+made large decode batches compute-bound, which no published decode-heavy row shows."""
+
+BANDWIDTH_EFFICIENCY = 0.8
+"""Fraction of datasheet HBM bandwidth that weight and KV streaming reaches (about 75-80% measured
+on H100/A100 decode steps, e.g. ~77% reported for an A100 running Llama-3.1-8B at one request)."""
+
+STEP_OVERHEAD_S = 1.0e-3
+"""Host time per engine step that the GPU waits on: scheduling, input preparation, sampling and
+detokenisation hand-off (vLLM V1 and TensorRT-LLM's PyTorch backend profile at about 1 ms per
+step with CUDA graphs on; it is what keeps batch-1 decode below the bandwidth roofline). Chosen
+from 0.5-1.5 ms with the suite's low-load latency rows."""
+
+LAYER_OVERHEAD_S = 2e-5
+"""GPU time per transformer layer per step that no roofline counts: about seven kernels a layer,
+each with ~3 us of launch gap, ramp-up and tail even inside a CUDA graph (what Nsight timelines of
+batch-1 decode show). It is what keeps small-batch decode of deep models off the bandwidth line;
+checked against the suite's 70B and 405B low-load rows (20 us and 30 us both fit)."""
+
+NVLINK_EFFICIENCY = 0.8
+"""Achieved fraction of one-direction NVLink bandwidth in a large ring all-reduce (nccl-tests
+all_reduce_perf bus bandwidth of about 360 GB/s on 450 GB/s NVLink 4)."""
+
+PCIE_EFFICIENCY = 0.6
+"""Achieved fraction of PCIe bandwidth for peer-to-peer collectives (through the host bridge)."""
+
+NVLINK_LATENCY_S = 8e-6
+"""Fixed latency of one small all-reduce over NVLink (a one-shot custom all-reduce kernel: launch
+and a flag exchange, about 6-10 us in vLLM's and TensorRT-LLM's own kernels)."""
+
+NVLINK_HOP_S = 1.5e-6
+"""Added latency per ring step of an all-reduce over NVLink (2 (tp - 1) steps); 8 GPUs reach about
+30 us for small messages, as nccl-tests report."""
+
+PCIE_LATENCY_S = 2.0e-5
+"""Fixed latency of one small all-reduce over PCIe (no NVLink: through the host bridge)."""
+
+PCIE_HOP_S = 5e-6
+"""Added latency per ring step of an all-reduce over PCIe."""
+
+NVLINK_MIN_BANDWIDTH = 100e9
+"""A GPU-to-GPU link this fast or faster (one direction) is taken as NVLink (or Infinity Fabric);
+slower ones are PCIe."""
+
+
 @dataclass(frozen=True)
 class Efficiency:
     """How close kernels come to the datasheet, plus the fixed costs a roofline misses.
 
-    `compute` and `memory` scale peak rate and bandwidth; `attention` further scales attention
-    kernels (paged KV reads are slower than dense ones); `network` scales the interconnect;
-    `dequant` is the extra compute time fraction of weight-only quantized matmuls. Frozen: make a
-    changed copy with `dataclasses.replace(eff, compute=0.5)` and assign it to `CostModel.efficiency`.
+    `compute` and `memory` scale peak rate and bandwidth; `fp8_rate` further scales the fp8 tensor
+    rate; `gemm_half_tokens` is the step size at which GEMMs reach half of `compute` (prefill
+    efficiency by tokens per step); `attention` scales attention kernels (paged KV reads are slower
+    than dense ones); `network` scales the interconnect; each collective pays `comm_latency_s` plus
+    `comm_hop_s` per ring step; `dequant` is the extra compute time fraction of weight-only
+    quantized matmuls. Frozen: make a changed copy with `dataclasses.replace(eff, compute=0.5)`
+    and assign it to `CostModel.efficiency`. The GPU defaults are the module's named constants.
     """
 
-    compute: float = 0.7
-    memory: float = 0.8
-    overhead_s: float = 5e-4  # per step
+    compute: float = GEMM_EFFICIENCY
+    memory: float = BANDWIDTH_EFFICIENCY
+    overhead_s: float = STEP_OVERHEAD_S  # per step
     per_token_s: float = 0.0  # per scheduled token (host-side input preparation)
     per_seq_s: float = 0.0  # per scheduled request (block tables, sampling)
     attention: float = 1.0
-    network: float = 0.7
-    comm_latency_s: float = 1e-5  # per collective or pipeline hop
+    network: float = NVLINK_EFFICIENCY
+    comm_latency_s: float = NVLINK_LATENCY_S  # per collective or pipeline hop
     dequant: float = 0.2
+    fp8_rate: float = FP8_RATE_FRACTION
+    gemm_half_tokens: float = GEMM_HALF_TOKENS
+    comm_hop_s: float = NVLINK_HOP_S  # per ring step of a collective
+    per_layer_s: float = LAYER_OVERHEAD_S  # per layer on a GPU, per step (kernel gaps and tails)
 
     @classmethod
     def for_hardware(cls, hw: Hardware) -> Efficiency:
-        """Defaults for a GPU (kernels reach ~70% of peak flops, ~80% of bandwidth, as measured on an
-        H100 decode step) or for the measured local CPU (its rates are already achieved rates)."""
+        """Defaults for a GPU (the named constants above; PCIe latencies and efficiency where its
+        link is not NVLink) or for the measured local CPU (its rates are already achieved rates)."""
         if hw.kind == "cpu":
-            return cls(compute=0.9, memory=0.9, overhead_s=2e-3, attention=0.5, dequant=1.0)
+            return cls(
+                compute=0.9, memory=0.9, overhead_s=2e-3, attention=0.5, dequant=1.0, gemm_half_tokens=0.0,
+                comm_hop_s=0.0, comm_latency_s=1e-5, network=0.7, fp8_rate=1.0, per_layer_s=0.0,
+            )  # fmt: skip
+        if hw.interconnect < NVLINK_MIN_BANDWIDTH:
+            return cls(network=PCIE_EFFICIENCY, comm_latency_s=PCIE_LATENCY_S, comm_hop_s=PCIE_HOP_S)
         return cls()
 
     def __post_init__(self) -> None:
-        for name in ("compute", "memory", "attention", "network"):
+        for name in ("compute", "memory", "attention", "network", "fp8_rate"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"Efficiency.{name}={value!r} must be a positive fraction of peak, e.g. 0.7")
-        for name in ("overhead_s", "per_token_s", "per_seq_s", "comm_latency_s", "dequant"):
+        for name in (
+            "overhead_s", "per_token_s", "per_seq_s", "comm_latency_s", "dequant", "gemm_half_tokens", "comm_hop_s",
+            "per_layer_s",
+        ):  # fmt: skip
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"Efficiency.{name}={value!r} must be >= 0")
@@ -296,17 +384,19 @@ class CostModel:
         mlp_bytes = b2 + c2 * tokens
         if x2:
             mlp_bytes += x2 * (1.0 - self._miss ** (tokens * self._spread))
-        lin = a1 * tokens
+        h = self._efficiency.gemm_half_tokens
+        lin = a1 * (tokens + h)
         qkv_o = lin if lin > b1 + c1 * tokens else b1 + c1 * tokens
-        lin = a2 * tokens
+        lin = a2 * (tokens + h)
         mlp = lin if lin > mlp_bytes else mlp_bytes
-        lin, mem = a5 * seqs, b5 + c5 * seqs
+        lin, mem = a5 * (seqs + h), b5 + c5 * seqs
         lm_head = lin if lin > mem else mem
         return self._host(tokens, seqs) + qkv_o + mlp, e4 * tokens + lm_head + a6 * tokens + b6
 
     def _host(self, tokens: float, seqs: float) -> float:
         e = self._efficiency
-        return e.overhead_s + e.per_token_s * tokens + e.per_seq_s * seqs
+        layers = self.shape.num_layers  # a micro-batch walks every stage's kernels in turn
+        return e.overhead_s + e.per_layer_s * layers + e.per_token_s * tokens + e.per_seq_s * seqs
 
     def _pipeline(self, tokens: int, seqs: int, kv_read: int, attn_pairs: float) -> tuple[float, float]:
         """(pipeline time, bubble + hop part of it) for pp > 1: m micro-batches through pp stages."""
@@ -314,7 +404,7 @@ class CostModel:
         per = [sum(self._groups(c, tokens / m, seqs / m, kv_read / m, attn_pairs / m)) for c in self._coeffs]
         e = self._efficiency
         hop_bytes = (tokens / m) * self.shape.hidden_size * WEIGHT_BYTES[self.act]
-        hop = hop_bytes / (self.hw.interconnect * e.network) + e.comm_latency_s
+        hop = hop_bytes / (self.hw.interconnect * e.network) + e.comm_latency_s  # point to point: no ring
         total = sum(per) + (m - 1) * max(per) + (self.pp - 1) * hop
         return total, total - m * sum(per) / self.pp
 
@@ -324,12 +414,13 @@ class CostModel:
         mlp_bytes = b2 + c2 * tokens
         if x2:
             mlp_bytes += x2 * (1.0 - self._miss ** (tokens * self._spread))
+        h = self._efficiency.gemm_half_tokens
         return (
-            max(a1 * tokens, b1 + c1 * tokens),
-            max(a2 * tokens, mlp_bytes),
+            max(a1 * (tokens + h), b1 + c1 * tokens),
+            max(a2 * (tokens + h), mlp_bytes),
             max(a3 * attn_pairs, d3 * (kv_read + tokens)),
             e4 * tokens,
-            max(a5 * seqs, b5 + c5 * seqs),
+            max(a5 * (seqs + h), b5 + c5 * seqs),
             a6 * tokens + b6,
         )
 
@@ -351,7 +442,9 @@ class CostModel:
 
     def _coefficients(self, st: _Stage, e: Efficiency) -> tuple[float, ...]:
         """Fold rates, bandwidth and efficiencies into per-unit seconds, so a step is a few multiply-adds."""
-        flops_rate = self.linear_rate * e.compute / (1.0 + e.dequant if self.weight_only else 1.0)
+        fp8 = self.weights == "fp8" and not self.weight_only
+        flops_rate = self.linear_rate * e.compute * (e.fp8_rate if fp8 else 1.0)
+        flops_rate /= 1.0 + e.dequant if self.weight_only else 1.0
         bw = self.hw.bandwidth * e.memory
         attn_rate = self.attention_rate * e.compute * e.attention
         link = self.hw.interconnect * e.network
@@ -370,8 +463,16 @@ class CostModel:
             st.lm_bytes / bw,
             st.logits_bytes / bw,
             st.allreduce_bytes / link if st.allreduce_bytes else 0.0,
-            st.collectives * e.comm_latency_s,
+            st.collectives * self.collective_latency(e),
         )
+
+    def collective_latency(self, e: Efficiency | None = None) -> float:
+        """Seconds of fixed latency in one all-reduce (or all-to-all) across this model's GPUs: a
+        base latency plus one per ring step, 2 (n - 1) steps for n GPUs (NVLink or PCIe values,
+        see `Efficiency.for_hardware`). Its bandwidth part is in the `allreduce` group's bytes."""
+        e = e or self._efficiency
+        n = max(self.tp, self.ep)
+        return e.comm_latency_s + e.comm_hop_s * 2 * (n - 1) if n > 1 else e.comm_latency_s
 
     # ---- conveniences -----------------------------------------------------------------------
 
@@ -398,7 +499,8 @@ class CostModel:
         """Seconds per operator group for one step (summed over pipeline stages), for teaching and plots.
 
         With pp > 1 the groups are summed over stages for one micro-batch pass; `pipeline` holds
-        the bubble and hops that the synchronous pipeline adds.
+        the bubble and hops that the synchronous pipeline adds. `overhead` holds the step's host time
+        and per-layer kernel gaps; `factors` shows the named factors behind every group.
         """
         load = slots if isinstance(slots, StepLoad) else step_load(slots)
         out = dict.fromkeys(GROUPS, 0.0)
@@ -413,6 +515,39 @@ class CostModel:
             out["pipeline"] = self._pipeline(*load)[1]
         out["overhead"] = self._host(load.tokens, load.seqs)
         return out
+
+    def factors(self, slots: Iterable[Any] | StepLoad) -> dict[str, Any]:
+        """The named factors behind one step's time (see the module's constants), for teaching:
+        what GEMMs, memory and links reach on it and the fixed costs it pays. `breakdown` gives
+        the seconds per group; this says why they are what they are."""
+        load = slots if isinstance(slots, StepLoad) else step_load(slots)
+        e, hw = self._efficiency, self.hw
+        fp8 = self.weights == "fp8" and not self.weight_only
+        tokens = max(load.tokens, 0)
+        gemm = e.compute * (e.fp8_rate if fp8 else 1.0) * (tokens / (tokens + e.gemm_half_tokens) if tokens else 0.0)
+        a1, b1, c1, a2, b2, c2, x2, a3, d3, e4, a5, b5, c5, a6, b6 = self._coeffs[0]
+        mlp_bytes = b2 + c2 * tokens + (x2 * (1.0 - self._miss ** (tokens * self._spread)) if x2 else 0.0)
+        memory_s = b1 + c1 * tokens + mlp_bytes + d3 * (load.kv_read + tokens) + e4 * tokens + b5 + c5 * load.seqs
+        step = self.time_for(*load) if tokens else 0.0
+        nvlink = hw.interconnect >= NVLINK_MIN_BANDWIDTH
+        return {
+            "linear_rate": "fp8" if fp8 else self.act,
+            "gemm_efficiency": gemm,  # of the datasheet rate, at this step's tokens
+            "achieved_tflops": self.linear_rate * gemm / 1e12,
+            "bandwidth_efficiency": e.memory,  # while streaming
+            "achieved_bandwidth_fraction": memory_s * e.memory / step if step else 0.0,  # over the whole step
+            "kv_dtype": self.kv_dtype,
+            "kv_bytes_per_token": self.stages[0].kv_bytes,
+            "attention_efficiency": e.attention,
+            "link": "none" if self.tp * self.pp * self.ep == 1 else "NVLink" if nvlink else "PCIe",
+            "link_efficiency": e.network,
+            "collectives": self.stages[0].collectives,
+            "collective_latency_s": self.collective_latency() if self.tp * self.ep > 1 else 0.0,
+            "step_overhead_s": e.overhead_s,
+            "layer_overhead_s": e.per_layer_s * self.shape.num_layers,
+            "host_per_token_s": e.per_token_s,
+            "host_per_seq_s": e.per_seq_s,
+        }
 
     def decode_bound_tokens_per_s(self, batch: int, context_len: int) -> float:
         """Output tokens per second of a steady decode at `batch` x `context_len` (no prefill)."""
@@ -430,3 +565,29 @@ def slots_for(phase: str, num_tokens: int, context_len: int, count: int = 1) -> 
     from llmlab.core.records import Slot
 
     return [Slot(req_id=str(i), phase=phase, num_tokens=num_tokens, context_len=context_len) for i in range(count)]
+
+
+def parallel_step_bytes(
+    shape: ModelShape | str, micro_batch_tokens: Iterable[int], tp: int = 1, pp: int = 1, dtype: str = "fp32"
+) -> list[dict[str, int]]:
+    """Bytes each rank's collectives and stage hand-offs carry in one step, per rank (rank =
+    stage x tp + tp_rank), for micro-batches of the given token counts. Payload bytes as the
+    native engine counts them: every all-reduce sums a [tokens, hidden] tensor (two per layer of the
+    rank's stage), every stage but the last sends each micro-batch's [tokens, hidden] hidden states
+    and every stage but the first receives them. A ring all-reduce moves 2 (tp-1)/tp of its payload
+    over each link; the cost model's `allreduce` group uses that."""
+    s = get_shape(shape)
+    tokens = sum(micro_batch_tokens)
+    act = int(WEIGHT_BYTES[dtype])
+    ends = [-(-i * s.num_layers // pp) for i in range(pp + 1)]  # earlier stages one layer more where uneven
+    layers = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    hop = tokens * s.hidden_size * act
+    return [
+        {
+            "allreduce_bytes": 2 * layers[stage] * hop if tp > 1 else 0,
+            "send_bytes": hop if stage < pp - 1 else 0,
+            "recv_bytes": hop if stage > 0 else 0,
+        }
+        for stage in range(pp)
+        for _ in range(tp)
+    ]

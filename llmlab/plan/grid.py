@@ -246,6 +246,8 @@ def plan(
     table = PlanTable(pd.DataFrame(rows, columns=COLUMNS))
     table.attrs["plan"] = {
         "model": shape.name,
+        "gpu": [hw.name for hw in hws],
+        "kv_dtype": None if kv_dtype is None else _as_list(kv_dtype),
         "workload": name,
         "context_len": context,
         "price_per_hour": price_per_hour,

@@ -20,7 +20,16 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
-from llmlab.core.records import Completion, DecodeRun, EngineInfo, KVSnapshot, RequestRecord, Slot, StepRecord
+from llmlab.core.records import (
+    Completion,
+    DecodeRun,
+    EngineInfo,
+    KVSnapshot,
+    RequestRecord,
+    ServerSample,
+    Slot,
+    StepRecord,
+)
 
 FORMAT_VERSION = 1
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -40,6 +49,7 @@ REQUEST_COLUMNS = [
 _REQUEST_FIELDS = REQUEST_COLUMNS[:11]  # the columns read from the records; the rest are derived
 SLOT_COLUMNS = ["step", "req_id", "phase", "num_tokens", "context_len"]
 ITL_COLUMNS = ["req_id", "itl"]
+SAMPLE_COLUMNS = [f.name for f in dataclasses.fields(ServerSample)]
 
 _TIME_COLUMNS = ("arrival", "first_scheduled", "first_token", "finish")
 
@@ -69,6 +79,7 @@ class Trace:
         self._expanded_upto = 0
         self.request_records: dict[str, RequestRecord] = dict(request_records or {})
         self.outputs: dict[str, Completion] = dict(outputs or {})
+        self.sample_records: list[ServerSample] = []  # a server's polled metrics (runs measured from outside)
         self._lock = threading.Lock()
 
     def add_step(self, rec: StepRecord | DecodeRun) -> None:
@@ -81,6 +92,11 @@ class Trace:
         """Add (or replace, by req_id) a request's record; insertion order is kept."""
         with self._lock:
             self.request_records[rec.req_id] = rec
+
+    def add_sample(self, rec: ServerSample) -> None:
+        """Append one polled sample of a server's metrics."""
+        with self._lock:
+            self.sample_records.append(rec)
 
     def add_output(self, c: Completion) -> None:
         """Add (or replace, by req_id) a finished request's output."""
@@ -146,6 +162,17 @@ class Trace:
         return df
 
     @property
+    def samples(self) -> pd.DataFrame:
+        """One row per polled server sample (time, queues, KV use, counters); empty for in-process runs."""
+        with self._lock:
+            recs = list(self.sample_records)
+        data = {c: [getattr(r, c) for r in recs] for c in SAMPLE_COLUMNS}
+        df = pd.DataFrame(data, columns=SAMPLE_COLUMNS)
+        num = [c for c in SAMPLE_COLUMNS if c != "source"]
+        df[num] = df[num].astype("float64")
+        return df
+
+    @property
     def slots(self) -> pd.DataFrame:
         """One row per (step, request) in a batch: phase, tokens computed and context length."""
         columns, rows, places = _slot_parts(self._snapshot()[0])
@@ -205,7 +232,9 @@ class Trace:
     def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
         _, reqs, outs = self._snapshot()
         steps = self.step_records
-        for kind, recs in (("step", steps), ("request", reqs), ("output", outs)):
+        with self._lock:
+            samples = list(self.sample_records)
+        for kind, recs in (("step", steps), ("request", reqs), ("output", outs), ("sample", samples)):
             for rec in recs:
                 yield kind, rec.to_dict()
 
@@ -246,6 +275,7 @@ class Trace:
             "step": (StepRecord, trace.add_step),
             "request": (RequestRecord, trace.add_request),
             "output": (Completion, trace.add_output),
+            "sample": (ServerSample, trace.add_sample),
         }
         for lineno, kind, d in records:
             if not isinstance(kind, str) or kind not in adders:
@@ -745,6 +775,7 @@ _RECORDS: dict[str, Check] = {
             "kv": _optional(_KV),
             "prefix_hit_tokens": _count,
             "source": _choice("exact", "derived"),
+            "parallel": _optional(_mapping_any),  # tp/pp > 1 only; absent in older files
         },
         _required(StepRecord),
     ),
@@ -762,6 +793,7 @@ _RECORDS: dict[str, Check] = {
             "finish_reason": _optional(_text),
             "token_times": _list(_time, _all(lambda v: _is_number(v) and v >= 0)),
             "error": _optional(_text),  # absent in files written before it existed
+            "sent": _optional(_time),  # absent in files written before it existed
         },
         _required(RequestRecord),
     ),
@@ -777,6 +809,14 @@ _RECORDS: dict[str, Check] = {
         _required(Completion),
     ),
 }
+_RECORDS["sample"] = _object(
+    {
+        "t": _time,
+        **{name: _optional(_number) for name in SAMPLE_COLUMNS if name not in ("t", "source")},
+        "source": _choice("exact", "derived"),
+    },
+    _required(ServerSample),
+)
 RUN_STATUSES = ("finished", "stopped", "failed")
 """The statuses a saved run can have (`Run.save` writes a snapshot of a live run as stopped)."""
 _HEADER = _object(

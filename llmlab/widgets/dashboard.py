@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as W
 
+from llmlab.widgets.parallel_view import parallel_figure
+from llmlab.widgets.server_views import RequestTimelineView, ServerStateView
 from llmlab.widgets.state import peak_kv_step
-from llmlab.widgets.views import FIGURE_CONFIG, KVView, LatencyView, ScheduleView
+from llmlab.widgets.views import FIGURE_CONFIG, KVView, LatencyView, ScheduleView, widget
 
 if TYPE_CHECKING:
     from llmlab.session.run import Run
@@ -54,14 +56,18 @@ class Dashboard(W.VBox):
 
     def __init__(self, run: Run, step: int | None = None, max_fps: float = 2.0, window: int = 200) -> None:
         self.run = run
-        self.schedule = ScheduleView(run.info, window=window)
-        self.kv = KVView(window=2 * window)
+        if run.info.views.get("schedule") == "none":  # measured from outside a server: no steps to show
+            self.schedule, self.kv = RequestTimelineView(), ServerStateView(run.trace)
+        else:
+            self.schedule = ScheduleView(run.info, window=window)
+            self.kv = KVView(window=2 * window)
         self.latency = LatencyView(run.info)
         self._interval = 1.0 / max(0.5, min(max_fps, 10.0))
         self._last = 0.0
         self._gap = self._interval
         self._follow = True
         self._lock = threading.Lock()
+        self.parallel = None  # the parallelism panel, added once a step carries a parallel record
 
         self.header = W.HTML(header_html(run))
         self.status = W.HTML()
@@ -124,6 +130,7 @@ class Dashboard(W.VBox):
             for view in (self.schedule, self.kv, self.latency):
                 view.update(steps, requests, upto)
             last = n - 1 if upto is None else upto
+            self._draw_parallel(steps, last)
             self.counter.value = f"step {max(last, 0)}" if n else "step 0"
             self.progress.value = self.run.num_finished
             self.status.value = f"<b>{html.escape(self.run.status)}</b>" + (
@@ -139,6 +146,22 @@ class Dashboard(W.VBox):
             ids = ["(none)", *(r.req_id for r in requests)]
             if len(ids) != len(self.request_pick.options):
                 self.request_pick.options = ids
+
+    def _draw_parallel(self, steps: list, last: int) -> None:
+        """The tp/pp panel (per-rank compute, communication and bubbles) of the latest parallel step
+        up to `last`; runs without parallel records never show it."""
+        step = next((r.step for r in reversed(steps[: last + 1]) if getattr(r, "parallel", None)), None)
+        if step is None:
+            return
+        fig = parallel_figure(self.run, step)
+        if self.parallel is None:
+            self.parallel = widget(fig)
+            self.children = (*self.children, self.parallel)
+            return
+        with self.parallel.batch_update():
+            self.parallel.data = ()
+            self.parallel.add_traces(list(fig.data))
+            self.parallel.layout = fig.layout
 
     def _set_slider(self, maximum: int, value: int) -> None:
         self._quiet = True
@@ -170,9 +193,12 @@ class Dashboard(W.VBox):
     def static_html(self, include_plotlyjs: bool | str = "cdn") -> str:
         """The dashboard as plain HTML (for nbviewer, nbconvert and `to_html`)."""
         parts = [f"<div style='font-family:sans-serif'>{header_html(self.run)}<br>{html.escape(repr(self.run))}</div>"]
-        for i, view in enumerate((self.schedule, self.kv, self.latency)):
+        figures = [view.figure for view in (self.schedule, self.kv, self.latency)]
+        if self.parallel is not None:
+            figures.append(self.parallel)
+        for i, figure in enumerate(figures):
             plotlyjs = include_plotlyjs if i == 0 else False
-            parts.append(view.figure.to_html(full_html=False, include_plotlyjs=plotlyjs, config=FIGURE_CONFIG))
+            parts.append(figure.to_html(full_html=False, include_plotlyjs=plotlyjs, config=FIGURE_CONFIG))
         return "\n".join(parts)
 
     def to_html(self, path: str | Path) -> Path:

@@ -241,8 +241,25 @@ class KVView:
         return [b // cols for b in blocks], [b % cols for b in blocks]
 
 
+# below these a chart says nothing: a one-point line draws nothing, a one-bar histogram hides the values
+MIN_RATE_BINS = 4  # time bins of the throughput chart (one per 4 steps)
+MIN_HISTOGRAM_VALUES = 5
+SHORT_NOTES = {0: "TTFT", 1: "ITL", 2: "throughput"}  # panel (trace index) -> what its note is about
+
+
+def short_run_note(what: str, values: list[float], steps: int) -> str:
+    """What a panel says instead of a chart when the run is too short for one."""
+    if what == "throughput":
+        return f"too short for a throughput chart<br>({steps} steps; it needs {4 * MIN_RATE_BINS})"
+    if not values:
+        return f"no {what} yet"
+    shown = ", ".join(f"{v:.3g}" for v in sorted(values))
+    return f"too few values for a {what} histogram:<br>{shown} s"
+
+
 class LatencyView:
-    """TTFT and inter-token latency distributions, output throughput and queue length over time."""
+    """TTFT and inter-token latency distributions, output throughput and queue length over time.
+    A panel whose run is too short for its chart shows a note saying so (and the few values) instead."""
 
     def __init__(self, info: EngineInfo | None = None, height: int = 480) -> None:
         predicted = info is not None and info.views.get("latency") == "predicted"
@@ -279,13 +296,30 @@ class LatencyView:
         fig.update_yaxes(title_text="requests", row=2, col=2)
         fig.update_xaxes(title_text="seconds", row=2, col=1)
         fig.update_xaxes(title_text="seconds", row=2, col=2)
+        for i in SHORT_NOTES:  # one hidden note per panel, shown by update() when the run is too short
+            axis = "" if i == 0 else str(i + 1)
+            fig.add_annotation(
+                name=f"short:{SHORT_NOTES[i]}",
+                text="",
+                visible=False,
+                showarrow=False,
+                xref=f"x{axis} domain",
+                yref=f"y{axis} domain",
+                x=0.5,
+                y=0.5,
+                font=dict(size=12, color="#555"),
+            )
         self.figure = widget(fig)
 
     def update(self, steps: list[StepRecord], requests: list[RequestRecord], upto: int | None = None) -> None:
-        if not steps:
-            return
-        k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
-        now = steps[k].t_end
+        if not steps:  # a server's run has requests but no steps: show them all
+            times = [t for r in requests for t in (r.finish, *r.token_times) if t is not None]
+            if not times:
+                return
+            k, now = -1, max(times)
+        else:
+            k = len(steps) - 1 if upto is None else min(upto, len(steps) - 1)
+            now = steps[k].t_end
         ttft = [r.first_token - r.arrival for r in requests if r.first_token is not None and r.first_token <= now]
         itl = []
         for r in requests:
@@ -294,16 +328,29 @@ class LatencyView:
         shown = steps[: k + 1]
         t = np.array([s.t_end for s in shown])
         token_times = [x for r in requests for x in r.token_times if x <= now]
-        bins = max(1, min(60, len(shown) // 4))
+        bins = max(1, min(60, len(shown) // 4)) if shown else 30
         edges = np.linspace(0.0, max(now, 1e-9), bins + 1)
         counts, _ = np.histogram(token_times, bins=edges)
         rate = counts / np.diff(edges)
+        short = {
+            0: len(ttft) < MIN_HISTOGRAM_VALUES,
+            1: len(itl) < MIN_HISTOGRAM_VALUES,
+            2: bins < MIN_RATE_BINS,
+        }
+        values = {0: ttft, 1: itl, 2: []}
+        for note in self.figure.layout.annotations:
+            if not (note.name or "").startswith("short:"):
+                continue
+            i = next(j for j, what in SHORT_NOTES.items() if note.name == f"short:{what}")
+            text = short_run_note(SHORT_NOTES[i], values[i], len(shown)) if short[i] else ""
+            if note.text != text:
+                note.update(text=text, visible=short[i])
         restyle(
             self.figure,
             {
-                0: dict(x=np.asarray(ttft)),
-                1: dict(x=np.asarray(itl)),
-                2: dict(x=(edges[:-1] + edges[1:]) / 2, y=rate),
+                0: dict(x=np.asarray([] if short[0] else ttft)),
+                1: dict(x=np.asarray([] if short[1] else itl)),
+                2: dict(x=(edges[:-1] + edges[1:]) / 2, y=rate) if not short[2] else dict(x=[], y=[]),
                 3: dict(x=t, y=np.array([s.waiting for s in shown])),
                 4: dict(x=t, y=np.array([s.running for s in shown])),
             },

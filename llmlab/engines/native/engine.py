@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,16 +77,14 @@ class NativeEngine(EngineCore):
     def __init__(self, config: EngineConfig | None = None) -> None:
         c = (config or EngineConfig()).for_engine("native")  # checked: a bad setting fails before anything loads
         super().__init__()
-        if c.tp != 1 or c.pp != 1:
-            raise ValueError(
-                f"tp={c.tp}, pp={c.pp}: the native engine runs on one device (tp=1, pp=1); "
-                "predict a parallel layout with llmlab.launch('sim', tp=..., pp=...)"
-            )
         self.device = pick_device(c.device)
         self.dtype, self.weights, self.kv_dtype = self._dtypes(c, self.device)
         self.group_size = c.group_size
         spec = resolve(c.model)
         cfg = check_architecture(spec.path)
+        self.tp, self.pp = c.tp or 1, c.pp
+        if self.tp * self.pp > 1:  # checked before anything loads
+            self._check_parallel(cfg)
         sched_cfg = SchedulerConfig.of(c, c.model_len(cfg.get("max_position_embeddings")))
         per_block = ModelRunner.kv_bytes_per_block(cfg, c.block_size, self.dtype, self.kv_dtype)
         num_blocks = c.num_blocks
@@ -103,19 +102,22 @@ class NativeEngine(EngineCore):
         self.eos_token_ids = eos_ids(spec.path, self.tokenizer)
         self.blocks = BlockManager(num_blocks, c.block_size, c.enable_prefix_caching, c.watermark)
         self.scheduler = Scheduler(sched_cfg, self.blocks)
-        self.runner = ModelRunner(
-            spec.path,
-            cfg,
-            c.block_size,
-            num_blocks,
-            self.dtype,
-            self.device,
-            sched_cfg.max_model_len,
-            c.seed or 0,
-            weights=self.weights,
-            kv_dtype=self.kv_dtype,
-            group_size=c.group_size,
-        )
+        if self.tp * self.pp > 1:
+            self.runner = self._parallel_runner(spec.path, cfg, c, num_blocks, sched_cfg.max_model_len)
+        else:
+            self.runner = ModelRunner(
+                spec.path,
+                cfg,
+                c.block_size,
+                num_blocks,
+                self.dtype,
+                self.device,
+                sched_cfg.max_model_len,
+                c.seed or 0,
+                weights=self.weights,
+                kv_dtype=self.kv_dtype,
+                group_size=c.group_size,
+            )
         self.trace_kv_owners = c.trace_kv_owners
         self.requests: dict[str, Request] = {}
         torch_name = str(self.dtype).removeprefix("torch.")
@@ -135,12 +137,40 @@ class NativeEngine(EngineCore):
                 "weights": self.weights,
                 "group_size": c.group_size if self.weights == "int4" else None,
                 "kv_bytes_per_block": per_block,
-                "tensor_parallel_size": 1,
-                "pipeline_parallel_size": 1,
+                "tensor_parallel_size": self.tp,
+                "pipeline_parallel_size": self.pp,
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                 "model_path": str(spec.path),
             },
             views={"schedule": "exact", "kv": "exact", "latency": "exact"},
+        )
+
+    def _check_parallel(self, cfg: dict) -> None:
+        """Refuse a tensor/pipeline layout this model, these weights or this machine cannot run."""
+        from llmlab.engines.native.parallel.shard import check_layout
+
+        if self.weights not in ("fp32", "bf16"):
+            raise ValueError(
+                f"weights={self.weights!r} with tp={self.tp}, pp={self.pp}: the parallel native engine "
+                "runs unquantized weights: use weights='fp32' or 'bf16', or tp=1, pp=1"
+            )
+        check_layout(cfg, self.tp, self.pp, str(self.device))
+
+    def _parallel_runner(self, path: Path, cfg: dict, c: EngineConfig, num_blocks: int, max_len: int):
+        from llmlab.engines.native.parallel.runner import ParallelRunner
+
+        return ParallelRunner(
+            path,
+            cfg,
+            c.block_size,
+            num_blocks,
+            self.dtype,
+            self.device,
+            max_len,
+            c.seed or 0,
+            self.kv_dtype,
+            self.tp,
+            self.pp,
         )
 
     @staticmethod
@@ -216,6 +246,7 @@ class NativeEngine(EngineCore):
             if not req.is_finished and req.params.stop and self._hit_stop_string(req):
                 finished.append(sched.finish(req, "stop"))
         record = sched.record(batch, finished, owners=self.trace_kv_owners)
+        record.parallel = getattr(self.runner, "last_parallel", None)
         completions = [self._complete(r) for r in finished]
         errors = {rid: f"{type(exc).__name__}: {exc}" for rid, exc in failed.items()}
         return EngineStep(record, dict.fromkeys(sampled, 1), completions, errors)
@@ -236,13 +267,19 @@ class NativeEngine(EngineCore):
         )
 
     # measuring ---------------------------------------------------------------------------
-    def memory(self) -> dict[str, int | str]:
+    def memory(self) -> dict[str, Any]:
         """What this engine holds, in bytes, counted from its tensors: weights by kind (linear
         layers, their scales, embeddings, norms), the KV pool, bytes per block, blocks and tokens."""
         self._check_open()
-        out: dict[str, int | str] = {"weights": self.weights, "kv_dtype": self.kv_dtype}
-        out.update(weight_bytes(self.runner.model))
-        out.update(kv_pool_bytes(self.runner.kv_caches))
+        out: dict[str, Any] = {"weights": self.weights, "kv_dtype": self.kv_dtype}
+        if self.tp * self.pp > 1:  # summed over the ranks; each rank's own under "ranks"
+            ranks = self.runner.memory()
+            for key in (*weight_bytes(torch.nn.Module()), *kv_pool_bytes([])):
+                out[key] = sum(r[key] for r in ranks)
+            out["ranks"] = ranks
+        else:
+            out.update(weight_bytes(self.runner.model))
+            out.update(kv_pool_bytes(self.runner.kv_caches))
         out["kv_bytes_per_block"] = self.info.config["kv_bytes_per_block"]
         out["num_blocks"] = self.blocks.num_blocks
         out["block_size"] = self.blocks.block_size
@@ -279,6 +316,8 @@ class NativeEngine(EngineCore):
     def close(self) -> None:
         """Free the weights and the KV pool (the user's `Engine.close` stops a run in flight first)."""
         super().close()
+        if hasattr(self.runner, "close"):
+            self.runner.close()  # ends the worker processes of a parallel engine
         self.runner = None  # type: ignore[assignment]
         self.requests.clear()
         if self.device.type == "cuda":

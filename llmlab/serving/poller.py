@@ -1,0 +1,99 @@
+"""Poll a server's metrics endpoint on the client's event loop and turn each read into a `ServerSample`.
+
+Prometheus text is parsed with prometheus-client's own parser; trtllm-serve's JSON iteration
+stats are flattened. Values of one name with different labels are summed (e.g. per engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from llmlab.core.records import ServerSample
+from llmlab.serving.protocols import METRICS
+
+
+def read_prometheus(text: str) -> dict[str, float]:
+    """Every sample in a Prometheus text page, keyed by name (counters without `_total`) and
+    also by `name{label=value}` for each label; values of equal keys are summed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.endswith("_created"):
+                continue
+            name = s.name[: -len("_total")] if s.name.endswith("_total") else s.name
+            keys = [name] + [f"{name}{{{k}={v}}}" for k, v in s.labels.items()]
+            for key in keys:
+                out[key] = out.get(key, 0.0) + float(s.value)
+    return out
+
+
+def read_json_stats(payload: Any) -> dict[str, float]:
+    """trtllm-serve's `/metrics` (a list of iteration stats, or one): the latest, flattened with dots."""
+    if isinstance(payload, list):
+        if not payload:
+            return {}
+        payload = payload[-1]
+    out: dict[str, float] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"{prefix}{k}"] = float(v)
+
+    walk(payload, "")
+    return out
+
+
+def sample_of(protocol: str, values: dict[str, float], t: float) -> ServerSample:
+    """The `ServerSample` that `values` (one read of the metrics) stand for at time `t`."""
+    sample = ServerSample(t=t)
+    for name, fieldname in METRICS[protocol].items():
+        if name in values and getattr(sample, fieldname) is None:
+            setattr(sample, fieldname, values[name])
+    if sample.kv_usage is None and sample.kv_used is not None and sample.kv_total:
+        sample.kv_usage = sample.kv_used / sample.kv_total
+    return sample
+
+
+class Poller:
+    """Reads `url` `hz` times a second, handing each sample to `on_sample`, until its task is cancelled."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str,
+        hz: float,
+        clock: Callable[[], float],
+        on_sample: Callable[[ServerSample], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url, self.protocol, self.period = url, protocol, 1.0 / hz
+        self.clock, self.on_sample, self.headers = clock, on_sample, headers or {}
+        self.errors: list[str] = []
+
+    async def poll(self, client: httpx.AsyncClient) -> None:
+        """Poll as a task on the client's own event loop (no second thread contending for
+        the GIL, which would delay sends by up to its switch interval); ends when cancelled."""
+
+        while True:
+            t0 = time.perf_counter()
+            try:
+                r = await client.get(self.url, headers=self.headers, timeout=2.0)
+                r.raise_for_status()
+                if self.protocol == "trtllm" and r.headers.get("content-type", "").startswith("application/json"):
+                    values = read_json_stats(r.json())
+                else:
+                    values = read_prometheus(r.text)
+                self.on_sample(sample_of(self.protocol, values, max(self.clock(), 0.0)))
+            except Exception as exc:  # a missed sample; the run goes on
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
