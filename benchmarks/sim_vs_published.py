@@ -52,7 +52,7 @@ def engine_settings(row: dict[str, str]) -> dict[str, Any]:
     """The simulator's scheduling knobs for the row's engine: `like=` when the simulator has
     presets, else the engine's documented defaults written out above."""
     if "like" in settings_for("sim"):
-        return {"like": row["engine"]}
+        return {"like": {"nim": "trtllm"}.get(row["engine"], row["engine"])}  # NIM serves them with TensorRT-LLM
     knobs = dict(ENGINE_KNOBS[row["engine"]])
     # TensorRT-LLM's default capacity scheduler admits a request only with KV for its whole output
     # (no preemption); use it where the core has that policy, else the chunked one (which preempts)

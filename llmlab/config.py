@@ -198,7 +198,15 @@ TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # shor
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
 KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8")
-POLICY_NAMES = ("chunked", "prefill_first", "splitfuse", "static")  # llmlab.core.policies, by name
+POLICY_NAMES = (  # llmlab.core.policies, by name
+    "chunked",
+    "prefill_first",
+    "splitfuse",
+    "static",
+    "guaranteed_no_evict",
+    "max_utilization",
+)
+PRESET_NAMES = ("vllm", "trtllm", "mii", "tgi", "sglang")  # llmlab.engines.sim.presets: engines' defaults
 DEFAULT_MAX_MODEL_LEN = 8192  # the longest sequence when neither the user nor a small model says less
 INT4_GROUP_SIZE = 128  # inputs per int4 scale group
 
@@ -335,7 +343,8 @@ class EngineConfig:
     policy: str = setting(
         "chunked",
         "str",
-        "the batching policy: 'chunked', 'prefill_first', 'splitfuse' or 'static' (llmlab.core.policies)",
+        "the batching policy: 'chunked', 'prefill_first', 'splitfuse', 'static', 'guaranteed_no_evict' "
+        "or 'max_utilization' (llmlab.core.policies)",
         "see llmlab.core.policies",
         NS,
         choices=POLICY_NAMES,
@@ -377,6 +386,15 @@ class EngineConfig:
         N,
         low=2,
         multiple_of=2,
+    )
+    like: str | None = setting(
+        None,
+        "str",
+        "simulate this engine's scheduling defaults on the GPU: 'vllm', 'trtllm', 'mii', 'tgi' or 'sglang' "
+        "(llmlab.engines.sim.presets); a setting given other than its default wins; None: 'vllm' on a GPU",
+        "use one of 'vllm', 'trtllm', 'mii', 'tgi', 'sglang', or None",
+        S,
+        choices=PRESET_NAMES,
     )
     gpu: Any = setting(
         None,

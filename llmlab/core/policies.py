@@ -8,6 +8,12 @@
   chunks fill exactly what is left, always chunked.
 - `static`: request-level batching. A batch is admitted together and runs until all its
   members finish; nobody joins a batch once it has started decoding.
+- `guaranteed_no_evict`: TensorRT-LLM's default capacity scheduler. A request is admitted only
+  when the pool can hold its whole prompt plus `max_tokens` beside what every running request
+  may still grow to; so nobody is ever preempted, at the price of fewer requests at once.
+- `max_utilization`: TensorRT-LLM's other capacity scheduler. Admit while this step fits; when
+  the running requests cannot all take their next tokens, pause the newest ones first (their KV
+  is dropped and recomputed later, recorded as preempted) and admit nobody that step.
 """
 
 from __future__ import annotations
@@ -119,4 +125,63 @@ class Static(Policy):
         return batch
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Chunked, PrefillFirst, SplitFuse, Static)}
+def reserved_blocks(s: Scheduler, req: Request) -> int:
+    """The blocks `req` holds at its longest: prompt plus `max_tokens`, capped at the context."""
+    return s.blocks.blocks_for(min(req.max_total_tokens(), s.config.max_model_len))
+
+
+class GuaranteedNoEvict(Policy):
+    """Admission reserves a request's whole future KV, so running requests always find blocks."""
+
+    name = "guaranteed_no_evict"
+
+    def schedule(self, s: Scheduler) -> Batch:
+        batch = Batch()
+        budget = self.run_running(s, batch, s.config.max_num_batched_tokens)
+        # blocks free once every running request has grown to its longest
+        spare = s.blocks.num_free - sum(max(0, reserved_blocks(s, r) - len(r.block_ids)) for r in s.running)
+        chunk = s.config.enable_chunked_prefill
+        while s.waiting and budget > 0 and len(s.running) < s.config.max_num_seqs:
+            need = reserved_blocks(s, s.waiting[0])
+            if need > spare:
+                break  # FCFS: nobody overtakes the head of the queue
+            n = s.try_admit(batch, budget, chunk)
+            if n == 0:
+                break
+            spare -= need
+            budget -= n
+        return batch
+
+
+class MaxUtilization(Policy):
+    """Admit and pause: as many requests as this step's tokens fit; pause the newest when short."""
+
+    name = "max_utilization"
+
+    def schedule(self, s: Scheduler) -> Batch:
+        batch = Batch()
+        budget = s.config.max_num_batched_tokens
+        self.pause_until_fits(s, batch, budget)
+        budget = self.run_running(s, batch, budget)
+        if not batch.preempted:  # a step that paused someone admits nobody: they would only be paused again
+            self.admit_waiting(s, batch, budget, s.config.enable_chunked_prefill)
+        return batch
+
+    @staticmethod
+    def pause_until_fits(s: Scheduler, batch: Batch, budget: int) -> None:
+        """Pause (preempt by recompute) the most recently admitted requests until the pool holds
+        every remaining one's next tokens."""
+
+        def next_need(r: Request) -> int:
+            upto = min(r.num_tokens, r.num_computed_tokens + budget)
+            return max(0, s.blocks.blocks_for(upto) - len(r.block_ids))
+
+        while len(s.running) > 1 and sum(next_need(r) for r in s.running) > s.blocks.num_free:
+            victim = s.running[-1]
+            s.preempt(victim)
+            batch.preempted.append(victim.req_id)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (Chunked, PrefillFirst, SplitFuse, Static, GuaranteedNoEvict, MaxUtilization)
+}

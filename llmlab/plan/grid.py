@@ -71,6 +71,31 @@ class PlanTable(pd.DataFrame):
         """Simulate configuration `row` (a position in this table) on the plan's workload; returns the Run."""
         return simulate_row(self, row, workload, **overrides)
 
+    def to_engine_args(self, row: int = 0, engine: str = "vllm") -> Any:
+        """Configuration `row` as `engine`'s launch options ("vllm", "trtllm", "mii", "tgi"): the
+        flags or options file to run it for real (`llmlab.engines.sim.export`)."""
+        from llmlab.engines.sim.export import export
+
+        if not 0 <= row < len(self):
+            raise ValueError(f"row={row}: the table has rows 0..{len(self) - 1}")
+        r, sim = self.iloc[row], self.attrs.get("plan", {}).get("sim", {})
+        choice = {
+            "model": r["model"],
+            "tp": int(r["tp"]),
+            "pp": int(r["pp"]),
+            "weights": r["weights"],
+            "kv_dtype": r["kv_dtype"],
+            "policy": sim.get("policy", "chunked"),
+            "block_size": sim.get("block_size", 16),
+            "max_num_seqs": sim.get("max_num_seqs", 256),
+            "max_num_batched_tokens": sim.get("max_num_batched_tokens") or 512,
+            "max_model_len": sim.get("max_model_len") or self.attrs.get("plan", {}).get("context_len") or 8192,
+            "enable_chunked_prefill": True,
+            "enable_prefix_caching": True,
+            "gpu_memory_utilization": sim.get("gpu_memory_utilization"),
+        }
+        return export(choice, engine)
+
     def pareto(self) -> PlanTable:
         """The rows no other row beats on both throughput and ITL p50."""
         return self.loc[pareto_mask(self)]

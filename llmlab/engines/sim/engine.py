@@ -19,6 +19,7 @@ from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
 from llmlab.engines.base import EngineCore, EngineStep
 from llmlab.engines.sim.fast_forward import FastForward
+from llmlab.engines.sim.presets import apply as apply_preset
 from llmlab.engines.sim.tokens import PLACEHOLDER_TOKEN, default_tokenizer, window_ids
 from llmlab.models.shapes import get_shape
 from llmlab.plan.cost import CostModel
@@ -53,9 +54,14 @@ class SimEngine(EngineCore):
     virtual_clock = True
 
     def __init__(self, config: EngineConfig | None = None) -> None:
-        c = (config or EngineConfig()).for_engine("sim")  # checked: a bad setting fails before any plan is built
-        super().__init__()
+        c = config or EngineConfig()
         tp, pp = parallel_sizes(c.num_gpus, c.tp, c.pp)
+        like = c.like if c.like is not None or c.gpu in (None, "cpu") else "vllm"  # a GPU runs like vLLM
+        if like is not None:
+            c = apply_preset(c, like, get_hardware(c.gpu or "cpu"), tp)
+        c = c.for_engine("sim")  # checked: a bad setting fails before any plan is built
+        super().__init__()
+        self.like = like
         self._tokenizer = c.tokenizer
         self.clock = 0.0
         self.requests: dict[str, Request] = {}
@@ -98,6 +104,7 @@ class SimEngine(EngineCore):
             device=gpu_name if tp * pp == 1 else f"{tp * pp} x {gpu_name}",
             dtype=weights,
             config={
+                "like": like,
                 "policy": c.policy,
                 "block_size": c.block_size,
                 "num_blocks": num_blocks,
@@ -108,6 +115,7 @@ class SimEngine(EngineCore):
                 "enable_chunked_prefill": c.enable_chunked_prefill,
                 "enable_prefix_caching": c.enable_prefix_caching,
                 "watermark": c.watermark,
+                "gpu_memory_utilization": c.gpu_memory_utilization,
                 "kv_dtype": kv_dtype,
                 "weights": weights,
                 "tensor_parallel_size": tp,
@@ -143,6 +151,13 @@ class SimEngine(EngineCore):
                 "smaller weights (fp8, int4) or a GPU with more memory"
             )
         return plan
+
+    def to_engine_args(self, target: str) -> Any:
+        """This configuration as `target`'s launch options ("vllm", "trtllm", "mii", "tgi"); see
+        `llmlab.engines.sim.export`."""
+        from llmlab.engines.sim.export import to_engine_args
+
+        return to_engine_args(self, target)
 
     # tokens ------------------------------------------------------------------------------
     @property
