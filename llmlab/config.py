@@ -391,7 +391,7 @@ class EngineConfig:
         None,
         "str",
         "simulate this engine's scheduling defaults on the GPU: 'vllm', 'trtllm', 'mii', 'tgi' or 'sglang' "
-        "(llmlab.engines.sim.presets); a setting given other than its default wins; None: 'vllm' on a GPU",
+        "(llmlab.engines.sim.presets); a setting given at launch wins; None: 'vllm' on a GPU",
         "use one of 'vllm', 'trtllm', 'mii', 'tgi', 'sglang', or None",
         S,
         choices=PRESET_NAMES,
@@ -466,6 +466,18 @@ class EngineConfig:
         if self.efficiency is not None and self.calibration is not None:
             raise ValueError("give efficiency= or calibration=, not both (a calibration is an efficiency)")
 
+    @classmethod
+    def from_user(cls, settings: dict[str, Any]) -> EngineConfig:
+        """The config of `launch(**settings)`, remembering which names the user gave, so that a
+        preset (`like=`) never overrides a setting given, even one given at its default value."""
+        config = cls(**settings)
+        config._given = frozenset(settings)
+        return config
+
+    def given(self) -> frozenset[str] | None:
+        """The names the user gave at launch; None when this config was not built from a launch."""
+        return getattr(self, "_given", None)
+
     def changed(self) -> dict[str, Any]:
         """The settings that differ from their defaults."""
         return {
@@ -496,7 +508,10 @@ class EngineConfig:
             if engine not in SPECS[name].engines:
                 raise ValueError(f"the {engine} engine has no setting {name}: {nearest(engine, name)}")
         defaults = {k: v for k, v in ENGINE_DEFAULTS[engine].items() if getattr(self, k) is None}
-        return replace(self, **defaults)
+        filled = replace(self, **defaults)
+        if self.given() is not None:
+            filled._given = self.given()  # replace() builds a new config: keep what the user gave
+        return filled
 
 
 SPECS: dict[str, Setting] = {

@@ -75,6 +75,9 @@ def test_launch_like_sets_the_knobs_and_explicit_settings_win():
     assert (cfg["policy"], cfg["block_size"], cfg["max_num_seqs"]) == ("guaranteed_no_evict", 32, 2048)
     mine = llmlab.launch("sim", like="trtllm", max_num_seqs=100, block_size=64, **LLAMA).core.info.config
     assert (mine["max_num_seqs"], mine["block_size"], mine["policy"]) == (100, 64, "guaranteed_no_evict")
+    # a setting given at llmlab's own default value is still given: the preset leaves it alone
+    default = llmlab.launch("sim", like="trtllm", max_num_seqs=64, block_size=16, **LLAMA).core.info.config
+    assert (default["max_num_seqs"], default["block_size"]) == (64, 16)
 
 
 def test_sim_on_a_gpu_defaults_to_vllm_and_the_cpu_keeps_its_own():

@@ -141,7 +141,7 @@ def launch(engine: str = "native", **settings: Any) -> Engine:
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is unknown: choose one of {sorted(ENGINES)}")
     check_settings(engine, settings)  # an unknown name gets the nearest one this engine has
-    config = EngineConfig(**settings).for_engine(engine)
+    config = EngineConfig.from_user(settings).for_engine(engine)
     module, _, cls = ENGINES[engine].partition(":")
     try:
         factory = getattr(importlib.import_module(module), cls)

@@ -2,7 +2,7 @@
 like that engine does on the GPU being simulated.
 
 `launch("sim", like="trtllm", gpu="H100")` fills the knobs below from `preset("trtllm", hw)`;
-a setting given explicitly (any value other than its default) wins over the preset. Each value
+a setting given to `launch` (even at its default value) wins over the preset. Each value
 carries where it comes from: a file at a named release, read for this table. `about(like)` prints
 them. What a preset cannot change (an engine's own kernels or per-step costs) lives in the cost
 model, `llmlab.plan.cost`.
@@ -145,8 +145,10 @@ def _sglang(memory: float, name: str, cpu: bool, tp: int) -> dict[str, Knob]:
 
 
 def given_settings(config: EngineConfig) -> set[str]:
-    """The settings the user gave: those that differ from the default, and from the simulator's
-    own fill-ins for the ones left None (a value equal to the default counts as not given)."""
+    """The settings the user gave: as recorded by `launch`, else (a config built by hand) those that
+    differ from the default and from the simulator's own fill-ins for the ones left None."""
+    if config.given() is not None:
+        return set(config.given())
     filled = ENGINE_DEFAULTS["sim"]
     return {k for k, v in config.changed().items() if not (k in filled and v == filled[k])}
 
