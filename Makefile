@@ -80,7 +80,7 @@ test: $(VENV)/.installed-dev $(VENV)/.installed-vllm $(VENV)/.installed-mii mode
 	$(BIN)/python -m pytest tests --nbmake notebooks --durations=25
 
 test-browser: $(VENV)/.installed-dev model
-	$(BIN)/python -m pytest -m browser tests/test_browser.py
+	$(BIN)/python -m pytest -m browser tests/test_browser.py tests/test_browser_dashboards.py
 
 # A room with no network (docs/workshop.md): every wheel `make lab` installs, plus the converted
 # model, in one folder to carry on a USB stick. The model cache is copied without cpu_dtype.json,
