@@ -8,6 +8,8 @@ stop criteria, flush requests) and DeepSpeed's `InferenceEngineV2.put`, `query`,
 the model forward (llmlab's native Llama, writing K/V into DeepSpeed's cache tensor by DeepSpeed's
 block ids; DeepSpeed's own kernels are CUDA-only) and the few CPU patches in `patches.py`.
 Each llmlab step is one call of MII's `generate()`, as `MIIPipeline.__call__` makes them.
+On CUDA the same class runs with nothing patched: DeepSpeed builds its own model and kernels
+(`cuda.py`) and MII's pipeline, the loop and the taps are those above.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class _Live:
 
 
 class MIIEngine(EngineCore):
-    """MII's scheduler and DeepSpeed's KV state manager as they are; llmlab's forward on the CPU."""
+    """MII's scheduler and DeepSpeed's KV state manager as they are; llmlab's forward on the CPU,
+    DeepSpeed's own model and kernels on CUDA."""
 
     name = "mii"
 
