@@ -25,7 +25,14 @@ PROMPTS = [
 ]
 LONG = " ".join(f"Item {i} is a word." for i in range(20))  # about 120 tokens: several chunks at a 32-token budget
 BUDGET = 32
-KNOBS = {"dtype": "float32", "block_size": 16, "num_blocks": 64, "max_num_seqs": 8, "max_num_batched_tokens": BUDGET}
+KNOBS = {
+    "device": "cpu",
+    "dtype": "float32",
+    "block_size": 16,
+    "num_blocks": 64,
+    "max_num_seqs": 8,
+    "max_num_batched_tokens": BUDGET,
+}
 
 
 @pytest.fixture(scope="module")
