@@ -237,6 +237,7 @@ def default_max_model_len(context: int | None, budget: int, chunked: bool, polic
 N, S, V = ("native",), ("sim",), ("vllm",)
 NS, NV, SV = ("native", "sim"), ("native", "vllm"), ("sim", "vllm")
 NVM = ("native", "vllm", "mii")
+NM = ("native", "mii")
 
 
 def setting(default: Any, kind: str, doc: str, fix: str, engines: tuple[str, ...] = ALL_ENGINES, **spec: Any) -> Any:
@@ -263,7 +264,7 @@ class EngineConfig:
         "give a model name (e.g. 'smollm2-135m') or a local path",
     )
     device: Any = setting(
-        None, "torch", "'cpu' or 'cuda'; None picks the GPU if there is one", "use 'cpu' or 'cuda'", N
+        None, "torch", "'cpu' or 'cuda'; None picks the GPU if there is one", "use 'cpu' or 'cuda'", NM
     )
     dtype: Any = setting(
         None,

@@ -25,7 +25,14 @@ PROMPTS = [
 ]
 LONG = " ".join(f"Item {i} is a word." for i in range(20))  # about 120 tokens: several chunks at a 32-token budget
 BUDGET = 32
-KNOBS = {"dtype": "float32", "block_size": 16, "num_blocks": 64, "max_num_seqs": 8, "max_num_batched_tokens": BUDGET}
+KNOBS = {
+    "device": "cpu",
+    "dtype": "float32",
+    "block_size": 16,
+    "num_blocks": 64,
+    "max_num_seqs": 8,
+    "max_num_batched_tokens": BUDGET,
+}
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +202,74 @@ def test_close_during_a_live_run_stops_it_and_frees_deepspeeds_pool(smollm2_path
     assert core.closed and core.pipe is None
     with pytest.raises(ValueError, match="closed"):
         eng.run(workloads.synthetic(1, prompt_len=8, output_len=2))
+
+
+def test_cuda_path_builds_deepspeeds_engine_without_patches_fake_cuda_boundary(smollm2_path, monkeypatch):
+    """This machine has no GPU, so the CUDA boundary is faked: `torch.cuda`, MII's NCCL
+    `init_distributed`, and DeepSpeed's `InferenceEngineV2` (its layers are CUDA kernels). Above it,
+    llmlab's CUDA path runs as it would on a GPU: DeepSpeed's own policy and config, MII's pipeline
+    unpatched, and the taps reading the engine's own state manager."""
+    import torch
+    from deepspeed.inference.v2 import engine_v2
+    from deepspeed.inference.v2.ragged import DSStateManager, KVCacheConfig
+    from mii import utils as mii_utils
+
+    from llmlab.engines.mii import patches
+
+    host_patches = patches.cpu_patches  # only the fake below keeps DeepSpeed's state manager on the host
+    built: dict = {}
+    synced: list[int] = []
+
+    def no_patches(*args, **kwargs):
+        raise AssertionError("a CPU patch was applied on the CUDA path")
+
+    class FakeCudaEngine:  # stands in for InferenceEngineV2, whose model needs CUDA kernels
+        def __init__(self, policy, config):
+            built["policy"], built["config"] = policy, config
+            m = policy._model_config
+            head = m.hidden_size // m.num_attention_heads
+            kv = KVCacheConfig(
+                block_size=128,
+                cache_shape=(m.num_hidden_layers, m.num_key_value_heads, head),
+                cache_dtype=m.torch_dtype,
+            )
+            with host_patches():
+                self._state_manager = DSStateManager(config.state_manager, (kv,))
+
+    monkeypatch.setattr(patches, "cpu_patches", no_patches)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: synced.append(1))
+    monkeypatch.setattr(mii_utils, "init_distributed", lambda cfg: built.setdefault("dist", cfg))
+    monkeypatch.setattr(engine_v2, "InferenceEngineV2", FakeCudaEngine)
+
+    with pytest.raises(ValueError, match="block_size=16.*leave block_size unset"):
+        llmlab.launch("mii", device="cuda", block_size=16)
+    eng = llmlab.launch("mii", device="cuda", num_blocks=40, max_num_seqs=5, max_num_batched_tokens=48)
+    try:
+        sm = built["config"].state_manager
+        assert (sm.max_ragged_batch_size, sm.max_ragged_sequence_count, sm.memory_config.size) == (48, 5, 40)
+        assert type(built["policy"]).__name__ == "Llama2Policy"
+        assert built["policy"]._model_config.torch_dtype == torch.bfloat16  # llmlab's default on a GPU
+        assert built["dist"].tensor_parallel == 1
+        assert synced, "MII's own pipeline (unpatched) synchronizes CUDA when it starts"
+        info = eng.core.info
+        assert info.device == "cuda" and info.config["cpu_patches"] == [] and info.config["block_size"] == 128
+        manager = eng.core.manager
+        assert manager is eng.core.pipe.inference_engine._state_manager
+        seq = manager.get_or_create_sequence(7)
+        seq.extend_kv_cache(manager.allocate_blocks(3))
+        snap = eng.core.snapshot()
+        assert (snap.free, snap.used) == (37, 3)
+        assert eng.core.tracked_blocks() == {"uid7": seq.all_block_ids().tolist()}
+        manager.flush_sequence(7)
+        assert eng.core.snapshot().free == 40
+    finally:
+        eng.close()
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        llmlab.launch("mii", device="cuda", dtype="float32")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_cuda_on_a_cpu_only_machine_says_so():
+    with pytest.raises(ValueError, match=r"device='cuda'.*no CUDA GPU.*device='cpu'"):
+        llmlab.launch("mii", device="cuda")

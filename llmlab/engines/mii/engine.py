@@ -8,6 +8,8 @@ stop criteria, flush requests) and DeepSpeed's `InferenceEngineV2.put`, `query`,
 the model forward (llmlab's native Llama, writing K/V into DeepSpeed's cache tensor by DeepSpeed's
 block ids; DeepSpeed's own kernels are CUDA-only) and the few CPU patches in `patches.py`.
 Each llmlab step is one call of MII's `generate()`, as `MIIPipeline.__call__` makes them.
+On CUDA the same class runs with nothing patched: DeepSpeed builds its own model and kernels
+(`cuda.py`) and MII's pipeline, the loop and the taps are those above.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from llmlab.config import EngineConfig, dtype_name
 from llmlab.core.records import Completion, EngineInfo, KVSnapshot, Slot, StepRecord
 from llmlab.core.request import SamplingParams
 from llmlab.engines.base import EngineCore, EngineStep, release_memory
-from llmlab.engines.mii import patches
+from llmlab.engines.mii import cuda, patches
 from llmlab.engines.native.engine import DTYPES, pick_dtype
 from llmlab.engines.native.loader import load_model, rotary_tables
 from llmlab.engines.native.runner import ModelRunner
@@ -36,6 +38,7 @@ from llmlab.models import load_tokenizer, resolve
 from llmlab.models.resolve import check_architecture
 
 DEFAULT_KV_MEMORY_CPU = 256 * 2**20
+DEFAULT_KV_MEMORY_GPU = 4 * 2**30
 DEFAULT_BATCH_TOKENS = 768  # DeepSpeed's DSStateManagerConfig.max_ragged_batch_size
 DEFAULT_TRACKED = 2048  # DeepSpeed's DSStateManagerConfig.max_tracked_sequences
 
@@ -66,7 +69,8 @@ class _Live:
 
 
 class MIIEngine(EngineCore):
-    """MII's scheduler and DeepSpeed's KV state manager as they are; llmlab's forward on the CPU."""
+    """MII's scheduler and DeepSpeed's KV state manager as they are; llmlab's forward on the CPU,
+    DeepSpeed's own model and kernels on CUDA."""
 
     name = "mii"
 
@@ -77,27 +81,30 @@ class MIIEngine(EngineCore):
         _import_mii()
         patches.check_versions()
         from deepspeed.inference.v2.config_v2 import RaggedInferenceEngineConfig
-        from deepspeed.inference.v2.engine_v2 import InferenceEngineV2
-        from deepspeed.inference.v2.ragged import DSStateManager, DSStateManagerConfig, MemoryConfig
+        from deepspeed.inference.v2.ragged import DSStateManagerConfig, MemoryConfig
         from deepspeed.inference.v2.ragged.manager_configs import AllocationMode
-        from deepspeed.inference.v2.ragged.ragged_wrapper import RaggedBatchWrapper
         from mii.batching.ragged_batching import MIIPipeline
         from mii.modeling.tokenizers import HFTokenizer
 
-        from llmlab.engines.mii.model import NativeRaggedModel
-
-        device = torch.device("cpu")
+        device = cuda.pick_device(c.device)
+        on_gpu = device.type == "cuda"
         self.dtype = pick_dtype(c.dtype, device)
         spec = resolve(c.model)
         cfg = check_architecture(spec.path)
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         block_size = c.block_size or deepspeed_block_size(head_dim)
+        if on_gpu and block_size != deepspeed_block_size(head_dim):
+            raise ValueError(
+                f"block_size={block_size}: on CUDA DeepSpeed's attention kernel fixes the KV block size at "
+                f"{deepspeed_block_size(head_dim)} for head size {head_dim}: leave block_size unset"
+            )
         max_len = c.model_len(cfg.get("max_position_embeddings"))
         budget = c.max_num_batched_tokens or DEFAULT_BATCH_TOKENS
         per_block = ModelRunner.kv_bytes_per_block(cfg, block_size, self.dtype)
         num_blocks = c.num_blocks
         if num_blocks is None:
-            num_blocks = (c.kv_cache_memory or DEFAULT_KV_MEMORY_CPU) // per_block
+            default_memory = DEFAULT_KV_MEMORY_GPU if on_gpu else DEFAULT_KV_MEMORY_CPU
+            num_blocks = (c.kv_cache_memory or default_memory) // per_block
             if num_blocks < 1:
                 raise ValueError(
                     f"kv_cache_memory={c.kv_cache_memory} bytes holds no KV block of {per_block} bytes: "
@@ -106,8 +113,6 @@ class MIIEngine(EngineCore):
         self.block_size, self.num_blocks, self.max_len = block_size, num_blocks, max_len
         self.tokenizer = load_tokenizer(spec.path)
         self.vocab_size = int(cfg["vocab_size"])
-        model = load_model(spec.path, cfg, self.dtype, device)
-        cos, sin = rotary_tables(spec.path, cfg, max_len, self.dtype, device)
 
         ds_config = RaggedInferenceEngineConfig(
             state_manager=DSStateManagerConfig(
@@ -118,17 +123,19 @@ class MIIEngine(EngineCore):
                 memory_config=MemoryConfig(mode=AllocationMode.ALLOCATE, size=num_blocks),
             )
         )
-        with patches.cpu_patches(), _quiet_deepspeed():
-            # InferenceEngineV2.__init__ without its TP group and policy (CUDA layers): the same fields
-            engine = InferenceEngineV2.__new__(InferenceEngineV2)
-            engine._config, engine._policy, engine._base_mp_group = ds_config, None, None
-            engine._model = NativeRaggedModel(model, cos, sin, block_size, max_len, self.dtype)
-            engine._batch = RaggedBatchWrapper(ds_config.state_manager)
-            engine._state_manager = DSStateManager(ds_config.state_manager, engine._model.kv_cache_config())
-            engine._model.set_state_manager(engine._state_manager)
-            mii_config = types.SimpleNamespace(
-                zmq_port_number=0, max_length=max_len, sync_debug=False, profile_model_time=False
-            )
+        mii_config = types.SimpleNamespace(
+            zmq_port_number=cuda.free_port() if on_gpu else 0,
+            max_length=max_len,
+            sync_debug=False,
+            profile_model_time=False,
+        )
+        # the one difference between the devices: who builds the model and whether patches apply
+        building = contextlib.nullcontext() if on_gpu else patches.cpu_patches()
+        with building, _quiet_deepspeed():
+            if on_gpu:  # DeepSpeed's own model, weights and kernels, as MII's load_model builds them
+                engine = cuda.build_engine(spec.path, ds_config, self.dtype)
+            else:
+                engine = _cpu_engine(spec.path, cfg, ds_config, self.dtype, block_size, max_len)
             self.pipe = MIIPipeline(
                 all_rank_output=False,
                 inference_engine=engine,
@@ -150,7 +157,7 @@ class MIIEngine(EngineCore):
             engine="mii",
             version=f"deepspeed-mii {_version('deepspeed-mii')}, deepspeed {deepspeed.__version__}",
             model=spec.name,
-            device="cpu",
+            device=device.type,
             dtype=torch_name,
             config={
                 "policy": "mii",  # Dynamic SplitFuse; the simulator imitates it with policy="splitfuse"
@@ -169,7 +176,8 @@ class MIIEngine(EngineCore):
                 "tensor_parallel_size": 1,
                 "pipeline_parallel_size": 1,
                 "mii_names": MII_NAMES,
-                "cpu_patches": [f"{p.module}.{p.name}: {p.why}" for p in patches.PATCHES],
+                "cpu_patches": [] if on_gpu else [f"{p.module}.{p.name}: {p.why}" for p in patches.PATCHES],
+                "forward": "deepspeed inference-v2 kernels" if on_gpu else "llmlab native (torch)",
                 "model_path": str(spec.path),
                 "mii_path": str(mii.__file__),
             },
@@ -393,6 +401,28 @@ class MIIEngine(EngineCore):
             self._live.clear()
             self._by_id.clear()
             release_memory()
+
+
+def _cpu_engine(path: Any, cfg: dict, ds_config: Any, dtype: torch.dtype, block_size: int, max_len: int) -> Any:
+    """`InferenceEngineV2` with the same fields its `__init__` sets, minus the TP group and the policy
+    (DeepSpeed's layers are CUDA-only): llmlab's forward over DeepSpeed's state manager. Call it
+    inside `patches.cpu_patches()`."""
+    from deepspeed.inference.v2.engine_v2 import InferenceEngineV2
+    from deepspeed.inference.v2.ragged import DSStateManager
+    from deepspeed.inference.v2.ragged.ragged_wrapper import RaggedBatchWrapper
+
+    from llmlab.engines.mii.model import NativeRaggedModel
+
+    device = torch.device("cpu")
+    model = load_model(path, cfg, dtype, device)
+    cos, sin = rotary_tables(path, cfg, max_len, dtype, device)
+    engine = InferenceEngineV2.__new__(InferenceEngineV2)
+    engine._config, engine._policy, engine._base_mp_group = ds_config, None, None
+    engine._model = NativeRaggedModel(model, cos, sin, block_size, max_len, dtype)
+    engine._batch = RaggedBatchWrapper(ds_config.state_manager)
+    engine._state_manager = DSStateManager(ds_config.state_manager, engine._model.kv_cache_config())
+    engine._model.set_state_manager(engine._state_manager)
+    return engine
 
 
 def _refuse_unsupported(c: EngineConfig) -> None:
