@@ -24,9 +24,9 @@ from typing import Any
 import llmlab
 from llmlab import workloads
 from llmlab.config import POLICY_NAMES, settings_for
+from llmlab.plan.accuracy import SUITE_BANDS, kind_of
 
 SUITE = Path(__file__).parent / "published" / "published.csv"
-LATENCY_METRICS = {"ttft_mean", "itl_mean", "e2e_latency_mean", "decode_rate_per_request"}
 TARGETS = {"median": 0.10, "worst": 0.30, "latency median": 0.15}
 
 # Each engine's scheduling defaults for an 80 GB-class GPU, until `like=` presets land in the sim.
@@ -123,7 +123,7 @@ def main() -> None:
         predicted = predict(row, args.max_requests)
         published = float(row["value"])
         ratio = predicted / published
-        kind = "latency" if row["metric"] in LATENCY_METRICS else "throughput"
+        kind = kind_of(row["metric"])
         errors[kind].append(abs(ratio - 1.0))
         load = "all" if row["load"] == "all_at_once" else f"c={row['load_value']}"
         print(
@@ -148,6 +148,11 @@ def main() -> None:
             f"{'met' if max(every) <= TARGETS['worst'] else 'NOT met'} / "
             f"{'met' if lat <= TARGETS['latency median'] else 'NOT met'}"
         )
+    if args.source is None:  # the bands notebooks show with each prediction (llmlab.plan.accuracy)
+        for kind, band in SUITE_BANDS.items():
+            now = (len(errors[kind]), round(statistics.median(errors[kind]), 3), round(max(errors[kind]), 3))
+            same = now == (band.rows, band.median, band.worst)
+            print(f"llmlab.plan.accuracy.SUITE_BANDS[{kind!r}]: {'up to date' if same else f'update it to {now}'}")
 
 
 if __name__ == "__main__":
