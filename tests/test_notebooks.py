@@ -19,6 +19,7 @@ CHECKED = [
     "04b_mii_inside",
     "05_quantization_and_parallelism",
     "07_quantization_measured",
+    "08_serving_frameworks",
     "09_parallelism_measured",
 ]
 
