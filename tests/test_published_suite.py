@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import llmlab
 from llmlab.models.shapes import get_shape
 from llmlab.plan import get_hardware
 
@@ -77,3 +78,19 @@ def test_a_row_runs_through_the_simulator():
 @pytest.mark.parametrize("field", ["value", "source"])
 def test_no_row_leaves_a_required_field_empty(field):
     assert all(r[field].strip() for r in rows())
+
+
+def test_error_bands_cover_the_suites_metrics_and_widen_a_prediction():
+    from llmlab.plan.accuracy import SUITE_BANDS, kind_of, with_bands
+
+    kinds = {kind_of(r["metric"]) for r in rows()}
+    assert kinds == set(SUITE_BANDS)  # every metric of the suite falls in a band the notebooks show
+    counts = {k: sum(kind_of(r["metric"]) == k for r in rows()) for k in SUITE_BANDS}
+    assert counts == {k: b.rows for k, b in SUITE_BANDS.items()}  # the bands were measured on these rows
+    run = llmlab.launch("sim", model="llama-3.1-8b", gpu="H100-SXM").run(llmlab.workloads.synthetic(8, 256, 32))
+    table = with_bands(run.summary(), ["output_tok_s", "ttft_p50"])
+    for metric, row in table.iterrows():
+        band = SUITE_BANDS[kind_of(metric)]
+        assert row["at worst from"] < row["likely from"] < row["predicted"] < row["likely to"] < row["at worst to"]
+        assert row["likely to"] == pytest.approx(row["predicted"] * (1 + band.median))
+    assert kind_of("ttft_p50") == "latency" and kind_of("output_tok_s") == "throughput"
