@@ -13,27 +13,31 @@ from llmlab.engines.native.llama import LlamaModel, can_pack
 from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, quantize_linears
 
 
+def layer_target(layer: nn.Module, rest: str) -> tuple[torch.Tensor, slice | None]:
+    """The parameter of a decoder layer (and the row range of a fused one) that the checkpoint's
+    `layers.<i>.<rest>` fills: q/k/v go into one fused QKV projection, gate/up into one."""
+    attn, mlp = layer.self_attn, layer.mlp
+    q, kv, _ = attn.split
+    module_name, kind = rest.rsplit(".", 1)  # kind: weight or bias
+    fused = {
+        "self_attn.q_proj": (attn.qkv_proj, slice(0, q)),
+        "self_attn.k_proj": (attn.qkv_proj, slice(q, q + kv)),
+        "self_attn.v_proj": (attn.qkv_proj, slice(q + kv, q + 2 * kv)),
+        "mlp.gate_proj": (mlp.gate_up_proj, slice(0, mlp.inter)),
+        "mlp.up_proj": (mlp.gate_up_proj, slice(mlp.inter, 2 * mlp.inter)),
+    }
+    if module_name in fused:
+        module, rows = fused[module_name]
+        return getattr(module, kind), rows
+    return layer.get_parameter(rest), None
+
+
 def _target(model: LlamaModel, name: str) -> tuple[torch.Tensor, slice | None]:
     """The parameter (and row range of a fused one) that checkpoint tensor `name` fills."""
     name = name.removeprefix("model.")
     if name.startswith("layers."):
         _, idx, rest = name.split(".", 2)
-        layer = model.layers[int(idx)]
-        attn, mlp = layer.self_attn, layer.mlp
-        q, kv, _ = attn.split
-        kind = rest.rsplit(".", 1)[-1]  # weight or bias
-        fused = {
-            "self_attn.q_proj": (attn.qkv_proj, slice(0, q)),
-            "self_attn.k_proj": (attn.qkv_proj, slice(q, q + kv)),
-            "self_attn.v_proj": (attn.qkv_proj, slice(q + kv, q + 2 * kv)),
-            "mlp.gate_proj": (mlp.gate_up_proj, slice(0, mlp.inter)),
-            "mlp.up_proj": (mlp.gate_up_proj, slice(mlp.inter, 2 * mlp.inter)),
-        }
-        module_name = rest.rsplit(".", 1)[0]
-        if module_name in fused:
-            module, rows = fused[module_name]
-            return getattr(module, kind), rows
-        return layer.get_parameter(rest), None
+        return layer_target(model.layers[int(idx)], rest)
     return model.get_parameter(name), None
 
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from torch import nn
 
 from llmlab.engines.native.llama import LlamaModel, TiedOneDNNHead, can_pack
-from llmlab.engines.native.loader import allocate_parameters
+from llmlab.engines.native.loader import allocate_parameters, layer_target
 
 
 def _heads(cfg: dict) -> tuple[int, int, int]:
@@ -178,7 +178,7 @@ def load_shard(path: Path, cfg: dict, shard: Shard, dtype: torch.dtype, device: 
                         dim, keep = _slices(shard, rest, head_dim)
                         part = f.get_slice(name)
                         data = part[keep] if dim == 0 else part[:, keep]
-                        _fill(layer, rest, data, local)
+                        _fill(layer, rest, data)
                     elif short == "embed_tokens.weight" and need_embed:
                         model.embed_tokens.weight.copy_(f.get_tensor(name))
                     elif short == "norm.weight" and shard.last:
@@ -202,20 +202,7 @@ def load_shard(path: Path, cfg: dict, shard: Shard, dtype: torch.dtype, device: 
     return model
 
 
-def _fill(layer: nn.Module, rest: str, data: torch.Tensor, local: dict) -> None:
+def _fill(layer: nn.Module, rest: str, data: torch.Tensor) -> None:
     """Copy one sliced checkpoint tensor into this rank's (fused) parameter."""
-    attn, mlp = layer.self_attn, layer.mlp
-    q, kv, _ = attn.split
-    module, kind = rest.rsplit(".", 1)
-    fused = {
-        "self_attn.q_proj": (attn.qkv_proj, slice(0, q)),
-        "self_attn.k_proj": (attn.qkv_proj, slice(q, q + kv)),
-        "self_attn.v_proj": (attn.qkv_proj, slice(q + kv, q + 2 * kv)),
-        "mlp.gate_proj": (mlp.gate_up_proj, slice(0, mlp.inter)),
-        "mlp.up_proj": (mlp.gate_up_proj, slice(mlp.inter, 2 * mlp.inter)),
-    }
-    if module in fused:
-        target, rows = fused[module]
-        getattr(target, kind)[rows].copy_(data)
-    else:
-        layer.get_parameter(rest).copy_(data)
+    target, rows = layer_target(layer, rest)
+    (target if rows is None else target[rows]).copy_(data)
