@@ -148,6 +148,16 @@ def create_app(backend: Backend) -> Starlette:
                 return
             yield got, None
 
+    async def collect(queue: asyncio.Queue) -> tuple[list[int], str | None]:
+        """Every token id of a finished generation and why it finished."""
+        ids, reason = [], None
+        async for tid, why in tokens(queue):
+            if tid is None:
+                reason = why
+            else:
+                ids.append(tid)
+        return ids, reason
+
     async def start(body: dict[str, Any], prompt_key: str = "inputs"):
         prompt = body.get(prompt_key)
         if not isinstance(prompt, str) or not prompt:
@@ -195,12 +205,7 @@ def create_app(backend: Backend) -> Starlette:
         body = await request.json()
         try:
             _, queue, _ = await start(body)
-            ids, reason = [], None
-            async for tid, why in tokens(queue):
-                if tid is None:
-                    reason = why
-                else:
-                    ids.append(tid)
+            ids, reason = await collect(queue)
         except ValueError as exc:
             return _error(str(exc))
         out: dict[str, Any] = {"generated_text": tok.decode(ids, skip_special_tokens=True)}
@@ -276,12 +281,7 @@ def create_app(backend: Backend) -> Starlette:
                     yield f"data: {json.dumps({**chunk, 'choices': [choice(piece, None)]})}\n\n".encode()
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        ids, reason = [], None
-        async for tid, why in tokens(queue):
-            if tid is None:
-                reason = why
-            else:
-                ids.append(tid)
+        ids, reason = await collect(queue)
         text = tok.decode(ids, skip_special_tokens=True)
         c = {"index": 0, "finish_reason": reason}
         c.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
