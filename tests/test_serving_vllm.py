@@ -61,6 +61,8 @@ def test_poisson_run_agrees_with_the_servers_own_metrics(server):
     assert delta("vllm:num_preemptions") > 0
     assert samples["preemptions"].iloc[-1] > samples["preemptions"].iloc[0]
     assert run.info.views["schedule"] == "none"
+    # the summary's preemptions are the server's counter over the run: a client sees no per-request ones
+    assert run.summary()["preemptions"] == samples["preemptions"].iloc[-1] - samples["preemptions"].iloc[0]
 
 
 def test_closed_loop_concurrency_is_honoured(server):

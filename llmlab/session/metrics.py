@@ -28,6 +28,12 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
 
 
+def _counter_rise(samples: pd.DataFrame, column: str) -> float:
+    """How much a server's polled counter rose over the run; NaN where the server does not report it."""
+    values = samples[column].dropna() if column in samples else pd.Series(dtype="float64")
+    return float(values.iloc[-1] - values.iloc[0]) if len(values) else float("nan")
+
+
 def summary(trace: Trace) -> pd.Series:
     """One run's headline numbers as a Series (seconds, tokens per second), for side-by-side."""
     reqs, steps, itl = trace.requests, trace.steps, trace.itl
@@ -56,6 +62,9 @@ def summary(trace: Trace) -> pd.Series:
             out[f"{name}_p{q}"] = percentile(values, q)
     out["preemptions"] = int(reqs["num_preemptions"].sum())
     out["prefix_hit_rate"] = _ratio(reqs["cached_tokens"].sum(), reqs["prompt_tokens"].sum())
+    if trace.info.views.get("schedule") == "none":  # a server seen from outside: no per-request view of these
+        out["preemptions"] = _counter_rise(trace.samples, "preemptions")
+        out["prefix_hit_rate"] = float("nan")
     out["steps"] = len(steps)
     out["mean_batch_size"] = float(steps["batch_size"].mean()) if len(steps) else float("nan")
     return pd.Series(out, name=trace.info.engine, dtype="float64")
