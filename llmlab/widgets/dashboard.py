@@ -7,6 +7,7 @@ a finished run opens on the step of peak KV use (or the notebook's `step=`).
 
 from __future__ import annotations
 
+import bisect
 import html
 import threading
 import time
@@ -68,6 +69,8 @@ class Dashboard(W.VBox):
         self._follow = True
         self._lock = threading.Lock()
         self.parallel = None  # the parallelism panel, added once a step carries a parallel record
+        self._parallel_at: list[int] = []  # indices of the steps with a parallel record, found so far
+        self._scanned = 0  # steps already looked at for one (the trace only grows)
 
         self.header = W.HTML(header_html(run))
         self.status = W.HTML()
@@ -150,10 +153,12 @@ class Dashboard(W.VBox):
     def _draw_parallel(self, steps: list, last: int) -> None:
         """The tp/pp panel (per-rank compute, communication and bubbles) of the latest parallel step
         up to `last`; runs without parallel records never show it."""
-        step = next((r.step for r in reversed(steps[: last + 1]) if getattr(r, "parallel", None)), None)
-        if step is None:
+        self._parallel_at += [i for i in range(self._scanned, len(steps)) if steps[i].parallel]
+        self._scanned = len(steps)  # each redraw looks only at the steps new since the last one
+        latest = bisect.bisect_right(self._parallel_at, last) - 1
+        if latest < 0:
             return
-        fig = parallel_figure(self.run, step)
+        fig = parallel_figure(self.run, steps[self._parallel_at[latest]].step)
         if self.parallel is None:
             self.parallel = widget(fig)
             self.children = (*self.children, self.parallel)
