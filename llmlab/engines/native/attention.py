@@ -9,6 +9,7 @@ The pool itself (and its fp8 / int8 formats) lives in kv_cache.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,7 @@ class AttentionMetadata:
     num_decodes: int = 0  # the first num_decodes rows are decodes, one per request
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] long
     decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size], 0 or -inf
+    decode_kernel: Callable | None = None  # a faster decode attention (decode_kernels.py); None: the reference
     prefills: list[PrefillSpan] = field(default_factory=list)
 
 
@@ -58,15 +60,8 @@ def paged_attention(
     nd = meta.num_decodes
     if nd:
         keys, values = kv.read(meta.decode_block_tables)
-        o = F.scaled_dot_product_attention(
-            q[:nd].unsqueeze(2),
-            keys.transpose(1, 2),
-            values.transpose(1, 2),
-            attn_mask=meta.decode_mask,
-            scale=scale,
-            enable_gqa=gqa,
-        )
-        out[:nd] = o.squeeze(2)
+        decode = meta.decode_kernel or reference_decode
+        out[:nd] = decode(q[:nd], keys, values, meta.decode_mask, scale)
     for p in meta.prefills:
         rows = slice(p.row, p.row + p.num_tokens)
         qi = q[rows].transpose(0, 1).unsqueeze(0)
@@ -86,3 +81,22 @@ def paged_attention(
         )
         out[rows] = o[0].transpose(0, 1)
     return out
+
+
+def reference_decode(
+    q: torch.Tensor,  # [B, heads, head_dim]: one query token per request
+    keys: torch.Tensor,  # [B, context, kv_heads, head_dim]
+    values: torch.Tensor,
+    mask: torch.Tensor,  # [B, 1, 1, context], 0 or -inf
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention as the textbook writes it, through PyTorch's scaled_dot_product_attention."""
+    o = F.scaled_dot_product_attention(
+        q.unsqueeze(2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != keys.shape[2],
+    )
+    return o.squeeze(2)

@@ -23,6 +23,9 @@ import torch
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MIN_SPEEDUP = 1.15  # bfloat16 must beat float32 by this much: a tie goes to the exact dtype
 CACHE_NAME = "cpu_dtype.json"
+# the engine's CPU speed path the cached answers were measured on: bump it when that path changes
+# (packed linears, decode kernels), so an answer measured on an older path is measured again
+PROBE_VERSION = 2
 
 
 @dataclass
@@ -54,7 +57,8 @@ def _cpu_key() -> str:
                 break
     except OSError:
         pass
-    return f"{model}|{native_bf16_flag()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    threads, version = torch.get_num_threads(), torch.__version__
+    return f"{model}|{native_bf16_flag()}|threads={threads}|torch={version}|probe={PROBE_VERSION}"
 
 
 # the embedded SmolLM2-135M's shape, two decoder layers of it: what a first notebook runs
@@ -72,9 +76,11 @@ PROBE_CONFIG = {
 
 def _decode_step(dtype: torch.dtype, batch: int = 32, context: int = 128, block_size: int = 16):
     """A callable running one decode step of `batch` requests at `context` tokens through the
-    native engine's own model code (random weights, float32 linears packed as the loader packs
-    them), so the probe times what the engine will run: linears, norms, paged attention, LM head."""
+    native engine's own model code (random weights, linears packed as the loader packs them, the
+    decode kernel the runner picks), so the probe times what the engine will run: linears, norms,
+    paged attention, LM head."""
     from llmlab.engines.native.attention import AttentionMetadata
+    from llmlab.engines.native.decode_kernels import decode_kernel
     from llmlab.engines.native.kv_cache import LayerKV
     from llmlab.engines.native.llama import LlamaModel
 
@@ -96,6 +102,7 @@ def _decode_step(dtype: torch.dtype, batch: int = 32, context: int = 128, block_
         num_decodes=batch,
         decode_block_tables=tables,
         decode_mask=torch.zeros(batch, 1, 1, context, dtype=dtype),
+        decode_kernel=decode_kernel(dtype, torch.device("cpu"), cfg["num_key_value_heads"]),
     )
     ids = torch.randint(0, cfg["vocab_size"], (batch,))
     cos = torch.ones(batch, head_dim, dtype=dtype)

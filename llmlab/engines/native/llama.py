@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.engines.native.attention import AttentionMetadata, paged_attention
+from llmlab.engines.native.cpu_linear import TiedPackedHead, can_pack, pack_linears
 
 
 class RMSNorm(nn.Module):
@@ -107,8 +108,8 @@ class LlamaModel(nn.Module):
         return self.lm_head(self.norm(hidden)).float()
 
     def pack_for_cpu(self, module: nn.Module | None = None) -> None:
-        """Run linear layers through oneDNN on CPUs: a float32 decode step is about 20% faster, and the
-        tall [vocab, hidden] LM head about 1.7x (benchmarks/cpu_throughput.py).
+        """Run linear layers through oneDNN with weights packed once (cpu_linear.py): in float32 and,
+        where the CPU computes it, bfloat16.
 
         `module` (one decoder layer) packs only its linears, so the loader can pack each layer as soon
         as it is filled and the dense and packed copies of the whole model never coexist.
@@ -119,39 +120,5 @@ class LlamaModel(nn.Module):
             module = self
         tied = self.lm_head.weight is self.embed_tokens.weight
         if module is self and tied and isinstance(self.lm_head, nn.Linear):
-            self.lm_head = TiedOneDNNHead(self.embed_tokens.weight)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torch.utils import mkldnn
-
-            for parent in list(module.modules()):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(parent, name, mkldnn.to_mkldnn(child))
-                        # the packed module holds its own copy and does not release the dense weights
-                        for p in (child.weight, child.bias):
-                            if p is not None:
-                                p.data = torch.empty(0, dtype=p.dtype)
-
-
-def can_pack(weight: torch.Tensor) -> bool:
-    """Whether `pack_for_cpu` applies: float32 weights on a CPU PyTorch built with oneDNN."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-
-
-class TiedOneDNNHead(nn.Module):
-    """The LM head tied to the embedding table, run by oneDNN's linear straight on the dense table.
-
-    A packed copy (`torch.utils.mkldnn`) would hold the [vocab, hidden] float32 table twice (113 MB
-    for SmolLM2), since the embedding lookup needs the dense one; oneDNN's linear takes the dense
-    weight as it is, with the same kernel, bit-identical logits and the same speed.
-    """
-
-    def __init__(self, weight: nn.Parameter) -> None:
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight.detach(), None).to_dense()
+            self.lm_head = TiedPackedHead(self.embed_tokens.weight)
+        pack_linears(module)

@@ -9,7 +9,8 @@ from safetensors import safe_open
 from torch import nn
 
 from llmlab.engines.base import release_memory
-from llmlab.engines.native.llama import LlamaModel, can_pack
+from llmlab.engines.native.cpu_linear import can_pack
+from llmlab.engines.native.llama import LlamaModel
 from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE, STORAGE_DTYPES, quantize_linears
 
 
@@ -84,8 +85,8 @@ def load_model(
 
     Peak memory is kept near the final model's size, for small notebook servers: the checkpoint is
     read one decoder layer at a time and closed in between (safetensors maps the file, and every
-    page read stays resident until it is closed), and with plain float32 linears each layer is
-    packed for oneDNN as soon as it is filled, so the dense and packed copies of the whole model
+    page read stays resident until it is closed), and with plain float32 or bfloat16 linears each
+    layer is packed for oneDNN as soon as it is filled, so the dense and packed copies of the whole model
     never coexist.
     """
     stored = weights is not None and STORAGE_DTYPES.get(weights) != dtype

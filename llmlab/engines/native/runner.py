@@ -11,6 +11,7 @@ import torch
 from llmlab.core.request import Request
 from llmlab.core.scheduler import Batch, ScheduledRequest
 from llmlab.engines.native.attention import AttentionMetadata, PrefillSpan
+from llmlab.engines.native.decode_kernels import decode_kernel
 from llmlab.engines.native.kv_cache import LayerKV, kv_element_bytes
 from llmlab.engines.native.loader import load_model, rotary_tables
 from llmlab.engines.native.quant import DEFAULT_GROUP_SIZE
@@ -80,6 +81,7 @@ class ModelRunner:
             for _ in self.model.layers
         ]
         self.generators: dict[str, torch.Generator] = {}
+        self.decode_kernel = decode_kernel(dtype, device, attn.num_kv_heads)
 
     @property
     def block_size(self) -> int:
@@ -122,6 +124,7 @@ class ModelRunner:
             meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=dev)
             key_pos = torch.arange(width * self.block_size, device=dev)
             meta.decode_mask = additive_mask(key_pos[None, :] < lens[:, None], self.dtype)[:, None, None, :]
+            meta.decode_kernel = self.decode_kernel
         row = len(decodes)
         for item in prefills:
             span = PrefillSpan(row, item.num_tokens, item.start, torch.tensor(item.request.block_ids, device=dev))

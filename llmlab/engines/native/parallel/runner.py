@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llmlab.core.scheduler import Batch
+from llmlab.engines.native.decode_kernels import decode_kernel
 from llmlab.engines.native.parallel.workers import WorkerPool
 from llmlab.engines.native.runner import ModelRunner
 from llmlab.engines.native.sampler import sample
@@ -56,6 +57,8 @@ class ParallelRunner(ModelRunner):
         self.tp, self.pp = tp, pp
         self._block_size = block_size
         self.generators: dict[str, torch.Generator] = {}
+        kv_heads = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) // tp
+        self.decode_kernel = decode_kernel(dtype, torch.device(device), kv_heads)  # travels with the metadata
         self.last_parallel: dict[str, Any] | None = None
         options = {
             "path": str(path),

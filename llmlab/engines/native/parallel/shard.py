@@ -17,7 +17,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from llmlab.engines.native.llama import LlamaModel, TiedOneDNNHead, can_pack
+from llmlab.engines.native.cpu_linear import TiedPackedHead, can_pack
+from llmlab.engines.native.llama import LlamaModel
 from llmlab.engines.native.loader import allocate_parameters, layer_target
 
 
@@ -191,12 +192,12 @@ def load_shard(path: Path, cfg: dict, shard: Shard, dtype: torch.dtype, device: 
                     if lin.bias is not None:
                         lin.bias.zero_()
     model.eval()
-    if can_pack(model.embed_tokens.weight):  # float32 on CPU: linears through oneDNN, as in one process
+    if can_pack(model.embed_tokens.weight):  # on CPU: linears through oneDNN, as in one process
         for layer in model.layers:
             model.pack_for_cpu(layer)
         if shard.last and tie and can_pack(model.embed_tokens.weight):
-            model.lm_head = TiedOneDNNHead(model.embed_tokens.weight)
-    if shard.last and tie and not isinstance(model.lm_head, TiedOneDNNHead):
+            model.lm_head = TiedPackedHead(model.embed_tokens.weight)
+    if shard.last and tie and not isinstance(model.lm_head, TiedPackedHead):
         model.lm_head = nn.Linear(hidden, vocab, bias=False, device="meta")
         model.lm_head.weight = model.embed_tokens.weight
     return model
