@@ -12,7 +12,8 @@ that read, not arithmetic, sets the step's floor. This script measures, in one r
   (goal: at most 1.5) and measured / roofline, where the roofline is the larger of the
   bandwidth time and the arithmetic time (on a few cores, batch 32 is bound by arithmetic);
 - the decode attention alone, the reference (SDPA) against the kernel the engine picks, on the
-  step's own shapes.
+  step's own shapes;
+- the step's linears alone at batch 32, plain `nn.Linear` (`aten::mm`) against `PackedLinear`.
 
     python benchmarks/cpu_roofline.py                       # float32 and (where native) bfloat16
     python benchmarks/cpu_roofline.py --dtype float32 --steps 200 --prompt 128
@@ -21,6 +22,7 @@ that read, not arithmetic, sets the step's floor. This script measures, in one r
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -31,6 +33,7 @@ import llmlab
 from llmlab.core.request import SamplingParams
 from llmlab.engines.native.attention import reference_decode
 from llmlab.engines.native.cpu_dtype import native_bf16_flag
+from llmlab.engines.native.cpu_linear import PackedLinear, can_pack
 from llmlab.engines.native.decode_kernels import decode_kernel
 
 
@@ -134,6 +137,29 @@ def attention_times(dtype: torch.dtype, shapes: dict, repeats: int = 20) -> dict
     return out
 
 
+def linear_times(dtype: torch.dtype, cfg: dict, batch: int, repeats: int = 10) -> dict[str, float]:
+    """Milliseconds for one decode step's linears (every layer's, and the LM head) at `batch` rows,
+    as plain `nn.Linear` and as `PackedLinear`, on the model's own shapes with random weights."""
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    dim = hidden // heads
+    shapes = [(hidden, (heads + 2 * kv_heads) * dim), (heads * dim, hidden), (hidden, 2 * inter), (inter, hidden)]
+    layers = cfg["num_hidden_layers"]
+    out = {"nn.Linear": 0.0}
+    if can_pack(torch.empty(0, dtype=dtype)):
+        out["PackedLinear"] = 0.0
+    for n_in, n_out, count in [(i, o, layers) for i, o in shapes] + [(hidden, cfg["vocab_size"], 1)]:
+        plain = torch.nn.Linear(n_in, n_out, bias=False).to(dtype)
+        x = torch.randn(batch, n_in).to(dtype)
+        kinds = {"nn.Linear": plain}
+        if "PackedLinear" in out:
+            kinds["PackedLinear"] = PackedLinear(plain)
+        for name, module in kinds.items():
+            module(x)
+            out[name] += count * 1e3 * statistics.median(_timed(lambda m=module, x=x: m(x)) for _ in range(repeats))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", action="append", help="float32 and/or bfloat16 (default: both where native)")
@@ -144,7 +170,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dtypes = args.dtype or (["float32", "bfloat16"] if native_bf16_flag() else ["float32"])
-    print(f"CPU bfloat16 flag: {native_bf16_flag() or 'none'}; {args.threads} threads")
+    policy = os.environ.get("OMP_WAIT_POLICY", "OpenMP's default")
+    print(f"CPU bfloat16 flag: {native_bf16_flag() or 'none'}; {args.threads} threads; wait policy: {policy}")
     bw = copy_bandwidth()
     print(f"memory bandwidth (copy, read + write): {bw / 1e9:.1f} GB/s")
     for dtype in dtypes:
@@ -170,6 +197,8 @@ def main() -> None:
         )
         att = attention_times(getattr(torch, dtype), shapes)
         print("  decode attention per layer: " + ", ".join(f"{k} {v:.2f} ms" for k, v in att.items()))
+        lin = linear_times(getattr(torch, dtype), shapes["cfg"], args.batch)
+        print("  one step's linears alone: " + ", ".join(f"{k} {v:.1f} ms" for k, v in lin.items()))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ native bfloat16 (`grep -o -m1 avx512_bf16 /proc/cpuinfo`).
 from __future__ import annotations
 
 import argparse
+import os
 import importlib.util
 import time
 
@@ -82,7 +83,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtypes = args.dtype or (["float32", "bfloat16"] if native_bf16_flag() else ["float32"])
     wl = workload(args.n, args.max_tokens)
-    print(f"CPU bfloat16 flag: {native_bf16_flag() or 'none'}; {args.threads} threads")
+    policy = os.environ.get("OMP_WAIT_POLICY", "OpenMP's default")
+    print(f"CPU bfloat16 flag: {native_bf16_flag() or 'none'}; {args.threads} threads; wait policy: {policy}")
     for dtype in dtypes:
         print(f"{args.n} prompts x {args.max_tokens} tokens, {dtype}")
         results = {"transformers": bench_transformers(wl, dtype), "native": bench_native(wl, dtype)}

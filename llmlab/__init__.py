@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from llmlab import cpu_threads
+
+cpu_threads.NOTE = cpu_threads.default_wait_policy()  # before anything below imports PyTorch
+
 from llmlab import plan, workloads  # noqa: E402  (plan is a package you can call: llmlab.plan(model=...))
-from llmlab.config import VERSION as __version__
+from llmlab.config import VERSION as __version__  # noqa: E402
 from llmlab.measure.compare import compare  # noqa: E402
 from llmlab.session.engine import Engine, launch  # noqa: E402
 from llmlab.session.run import Run  # noqa: E402

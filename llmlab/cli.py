@@ -31,7 +31,11 @@ def info() -> None:
     from llmlab.paths import models_dir
 
     print(f"llmlab {llmlab.__version__}  (python {sys.version.split()[0]}, torch {torch.__version__})")
-    print(f"cpu: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")
+    from llmlab import cpu_threads
+
+    usable, threads = cpu_threads.usable_cpus(), torch.get_num_threads()
+    print(f"cpu: {os.cpu_count()} cores, {usable} usable by this process, torch uses {threads} threads")
+    print(f"cpu threads wait: {cpu_threads.NOTE}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

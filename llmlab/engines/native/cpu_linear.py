@@ -4,8 +4,7 @@ A plain `nn.Linear` on CPU runs `aten::mm`, which reads the weight in its stored
 layout on every call. oneDNN can reorder a weight once into the blocked layout its kernels
 stream best, and then take dense inputs and give dense outputs, so nothing is converted per
 call (the older `torch.utils.mkldnn` modules converted every input and output: 8% of a float32
-decode step). At decode batch sizes this reads the weights 1.3-1.6x faster than `aten::mm`
-(`python benchmarks/cpu_roofline.py` prints the step's achieved bandwidth).
+decode step). `python benchmarks/cpu_roofline.py` times a decode step's linears both ways.
 
 This is a speed layer under the model: `llama.py` builds plain `nn.Linear`s and the loader
 swaps them for `PackedLinear` once their weights are in.

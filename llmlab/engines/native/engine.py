@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from llmlab.core.blocks import BlockManager
 from llmlab.core.records import Completion, EngineInfo
 from llmlab.core.request import Request, SamplingParams
 from llmlab.core.scheduler import Scheduler, SchedulerConfig
+from llmlab.cpu_threads import fit_threads
 from llmlab.engines.base import EngineCore, EngineStep, release_memory
 from llmlab.engines.native import cpu_dtype
 from llmlab.engines.native.kv_cache import KV_DTYPES
@@ -120,6 +122,8 @@ class NativeEngine(EngineCore):
             )
         self.trace_kv_owners = c.trace_kv_owners
         self.requests: dict[str, Request] = {}
+        if self.device.type == "cpu" and (lowered := fit_threads()):
+            warnings.warn(lowered, stacklevel=2)
         torch_name = str(self.dtype).removeprefix("torch.")
         self.info = EngineInfo(
             engine="native",

@@ -132,5 +132,6 @@ def gather(pool: torch.Tensor | None, block_table: torch.Tensor) -> torch.Tensor
     """The given blocks' rows, in order: [..., blocks * block_size, *pool.shape[2:]] (None for no pool)."""
     if pool is None:
         return None
-    out = pool.index_select(0, block_table.reshape(-1))
+    rows = pool.view(pool.shape[0], -1)  # one row a block: index_select copies whole rows, its fastest case
+    out = rows.index_select(0, block_table.reshape(-1))
     return out.view(*block_table.shape[:-1], -1, *pool.shape[2:])
