@@ -13,8 +13,8 @@ native bfloat16 (`grep -o -m1 avx512_bf16 /proc/cpuinfo`).
 from __future__ import annotations
 
 import argparse
-import os
 import importlib.util
+import os
 import time
 
 import torch
