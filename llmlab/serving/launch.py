@@ -84,8 +84,9 @@ class Server:
         """`llmlab.connect` to this server."""
         from llmlab.serving.client import connect
 
-        if self.metrics_url is not None:
+        if self.metrics_url is not None:  # Triton: metrics on their own port, the model named in the path
             kwargs.setdefault("metrics_url", self.metrics_url)
+            kwargs.setdefault("model", self.repository.name if self.repository else None)
         return connect(self.url, **kwargs)
 
     def logs(self) -> str:

@@ -81,8 +81,11 @@ class TritonPythonModel:
         self.m_general = family(
             "nv_trt_llm_general_metrics", "general_type", ("iteration_counter", "timestamp"), "General metrics"
         )
-        settings = getattr(self.core, "settings", None)
-        self.m_request["max"].set(float(getattr(settings, "max_num_seqs", 0) or 0))
+        mem = self.engine.memory()  # the pool's size is known before the first step
+        self.m_kv["max"].set(mem.get("num_blocks", 0))
+        self.m_kv["free"].set(mem.get("num_blocks", 0))
+        self.m_kv["tokens_per"].set(mem.get("block_size", 0))
+        self.m_request["max"].set(float(getattr(self.engine.info, "config", {}).get("max_num_seqs", 0) or 0))
 
     def execute(self, requests: list[Any]) -> None:
         """Queue each request on the engine; tokens go out from the stepping thread."""
