@@ -58,6 +58,8 @@ def request_for(protocol: str, model: str, prompt: str, max_tokens: int, item: A
         return "/generate_stream", {"inputs": prompt, "parameters": params, "stream": True}
     if protocol == "triton":
         body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "temperature": item.temperature}
+        if item.ignore_eos:
+            body["ignore_eos"] = True  # a request parameter; llmlab's model inside Triton honours it
         return f"/v2/models/{model}/generate_stream", body
     raise ValueError(f"protocol={protocol!r} is unknown: choose one of {PROTOCOLS}")
 
