@@ -1,9 +1,9 @@
 """A Triton model repository whose Python-backend model runs llmlab's native engine, and the
 command line that starts the real `tritonserver` bundled in the `nvidia-pytriton` wheel on it.
 
-The model is decoupled (it streams), takes the inputs Triton's `generate`/`generate_stream`
-endpoints map from JSON (`text_input`, `max_tokens`, ...), and exports the TensorRT-LLM
-backend's metric families (see `triton_model.py`).
+The model is decoupled (it streams one `output_ids` response per token), reads the JSON fields of
+Triton's `generate`/`generate_stream` endpoints (`text_input`, `max_tokens`, ...) as request
+parameters, and exports the TensorRT-LLM backend's metric families (see `triton_model.py`).
 """
 
 from __future__ import annotations
