@@ -38,6 +38,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,serving]"
+	@# the triton extra: nvidia-pytriton pins numpy<2 (and older protobuf, greenlet), which would downgrade
+	@# what pandas needs; its bundled tritonserver runs without those Python deps, so install it alone
+	$(BIN)/pip install -q "tritonclient[http]==2.73.0"
+	$(BIN)/pip install -q --no-deps "nvidia-pytriton==0.7.0"
 	@# the browser tests drive Debian's Chromium (never a downloaded browser)
 	if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

