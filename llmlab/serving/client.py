@@ -65,11 +65,10 @@ class ServerEngine:
 
     Open-loop sends are punctual to about a millisecond: a request sleeps until `send_ahead` seconds
     before its arrival time, then yields to the loop until the time has come (a timer alone wakes up
-    to a millisecond late); the loop is uvloop's where it is installed (`use_uvloop`).
+    to a millisecond late).
     """
 
     send_ahead = 0.002
-    use_uvloop = True
 
     def __init__(
         self,
@@ -188,8 +187,7 @@ class ServerEngine:
         clock = lambda: time.perf_counter() - t0  # noqa: E731
         try:
             try:
-                with asyncio.Runner(loop_factory=_loop_factory(self.use_uvloop)) as runner:
-                    runner.run(self._send_all(run, workload, prompts, clock))
+                asyncio.run(self._send_all(run, workload, prompts, clock))
             finally:  # prompt tokens the server did not report, counted after the run (off the send loop)
                 for rec in run.trace.request_records.values():
                     if not rec.prompt_tokens and rec.req_id in prompts:
@@ -313,18 +311,6 @@ class ServerEngine:
 
     def __repr__(self) -> str:
         return f"<{self.name} at {self.url}: model {self.model}>"
-
-
-def _loop_factory(use_uvloop: bool):
-    """uvloop's event loop where it is installed and wanted (it schedules timers and sockets with
-    less overhead than asyncio's own), else None: asyncio's default."""
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            return None
-        return uvloop.new_event_loop
-    return None
 
 
 def _server_info(protocol: str, r: httpx.Response) -> dict[str, Any] | None:
