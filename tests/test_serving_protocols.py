@@ -4,11 +4,12 @@ installs here), each protocol's stream events, and Prometheus pages read with pr
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 pytest.importorskip("prometheus_client")
-from llmlab.serving.poller import read_json_stats, read_prometheus, sample_of  # noqa: E402
+from llmlab.serving.poller import Poller, only_families, read_json_stats, read_prometheus, sample_of  # noqa: E402
 from llmlab.serving.protocols import parse_event, request_for  # noqa: E402
 from llmlab.workloads import WorkItem  # noqa: E402
 
@@ -75,6 +76,22 @@ def test_vllm_counters_are_read_without_total_and_created_is_skipped():
     s = sample_of("openai", read_prometheus(VLLM_PAGE), t=0.0)
     assert (s.running, s.kv_usage, s.preemptions) == (3, 0.25, 7)
     assert s.waiting is None  # not in the page: not made up
+
+
+@pytest.mark.parametrize(("protocol", "page"), [("openai", VLLM_PAGE), ("triton", TRITON_PAGE)])
+def test_the_poller_parses_only_the_families_it_samples_and_gets_the_same_sample(protocol, page):
+    unused = (  # a family no sample field reads, like the histograms that fill most of a vLLM page
+        "# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency.\n"
+        "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",le="1.0"} 3.0\n'
+        'vllm:e2e_request_latency_seconds_count{engine="0"} 3.0\n'
+        'vllm:e2e_request_latency_seconds_sum{engine="0"} 1.5\n'
+    )
+    families = Poller("http://x/metrics", protocol, 10.0, time.perf_counter, print).families
+    cut = only_families(page + unused, families)
+    assert "e2e_request_latency" not in cut and set(cut.splitlines()) == set(page.splitlines())
+    whole = sample_of(protocol, read_prometheus(page + unused), 0.0)
+    assert sample_of(protocol, read_prometheus(page + unused, families), 0.0) == whole
 
 
 def test_stream_events_of_each_protocol():

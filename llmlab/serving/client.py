@@ -61,7 +61,14 @@ def strip_credentials(url: str) -> tuple[str, str | None]:
 
 
 class ServerEngine:
-    """A server measured from outside: `run(workload, live=...)`, `generate(prompts)`, `info`, `close()`."""
+    """A server measured from outside: `run(workload, live=...)`, `generate(prompts)`, `info`, `close()`.
+
+    Open-loop sends are punctual to about a millisecond: a request sleeps until `send_ahead` seconds
+    before its arrival time, then yields to the loop until the time has come (a timer alone wakes up
+    to a millisecond late).
+    """
+
+    send_ahead = 0.002
 
     def __init__(
         self,
@@ -203,9 +210,11 @@ class ServerEngine:
                     async with gate:
                         await self._request(client, run, item, prompts[item.req_id], clock, clock(), down)
                     return
-                delay = item.arrival - clock()
+                delay = item.arrival - clock() - self.send_ahead
                 if delay > 0:
                     await asyncio.sleep(delay)
+                while clock() < item.arrival:  # the last moments: yield to other tasks, not to a timer
+                    await asyncio.sleep(0)
                 await self._request(client, run, item, prompts[item.req_id], clock, item.arrival, down)
 
             poll = None
