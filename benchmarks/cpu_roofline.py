@@ -112,6 +112,7 @@ def _attention_shapes(runner, core, batch: int) -> dict:
     context = max(r.num_computed_tokens for r in core.scheduler.running)
     return {
         "batch": batch,
+        "cfg": runner.cfg,
         "heads": attn.num_heads,
         "kv_heads": attn.num_kv_heads,
         "dim": attn.head_dim,
