@@ -132,6 +132,9 @@ def gather(pool: torch.Tensor | None, block_table: torch.Tensor) -> torch.Tensor
     """The given blocks' rows, in order: [..., blocks * block_size, *pool.shape[2:]] (None for no pool)."""
     if pool is None:
         return None
-    rows = pool.view(pool.shape[0], -1)  # one row a block: index_select copies whole rows, its fastest case
-    out = rows.index_select(0, block_table.reshape(-1))
+    index = block_table.reshape(-1)
+    if pool.is_contiguous():  # one row a block: index_select copies whole rows, its fastest case
+        out = pool.view(pool.shape[0], -1).index_select(0, index)
+    else:  # a cache laid out by another engine (DeepSpeed's, under the mii engine)
+        out = pool.index_select(0, index)
     return out.view(*block_table.shape[:-1], -1, *pool.shape[2:])
