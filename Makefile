@@ -42,6 +42,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	@# what pandas needs; its bundled tritonserver runs without those Python deps, so install it alone
 	$(BIN)/pip install -q "tritonclient[http]==2.73.0"
 	$(BIN)/pip install -q --no-deps "nvidia-pytriton==0.7.0"
+	@# Hugging Face's TGI client, to test the TGI front end: it pins huggingface-hub<1.0, which
+	@# transformers outgrew; the one name it imports from there (build_hf_headers) is still there
+	$(BIN)/pip install -q --no-deps "text-generation==0.7.0"
 	@# the browser tests drive Debian's Chromium (never a downloaded browser)
 	if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

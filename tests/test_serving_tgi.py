@@ -1,11 +1,13 @@
 """The `tgi` protocol against llmlab's own TGI front end on loopback, proven with Hugging Face's client.
 
-A TGI server cannot be installed here: the front end's conformance is checked with
-`huggingface_hub.InferenceClient`, which parses its streams and errors.
+A TGI server cannot be installed here: the front end's conformance is checked with Hugging
+Face's own clients, `huggingface_hub.InferenceClient` and `text-generation`, which parse its
+streams and errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -72,6 +74,34 @@ def test_inference_client_parses_stream_details_and_errors(server):
     assert full.generated_text == streamed and full.details.finish_reason in ("length", "eos_token")
     with pytest.raises(Exception, match="max_tokens|max_new_tokens|longer|model_len"):
         client.text_generation(prompt, max_new_tokens=10**6)
+
+
+def test_text_generation_client_parses_generate_stream_and_errors(server):
+    tg = pytest.importorskip("text_generation", reason="make test installs text-generation==0.7.0")
+    client = tg.Client(server.url)
+    prompt = "The capital of France is"
+    full = client.generate(prompt, max_new_tokens=8)  # TGI's `/`: one generation in a list, with details
+    assert full.details.generated_tokens == 8 == len(full.details.tokens)
+    assert "".join(t.text for t in full.details.tokens) == full.generated_text != ""
+    events = list(client.generate_stream(prompt, max_new_tokens=8))
+    assert len(events) == 8  # one event per token; the last one carries the text and details, as TGI's
+    assert all(e.generated_text is None and e.details is None for e in events[:-1])
+    assert events[-1].generated_text == full.generated_text == "".join(e.token.text for e in events)
+    assert events[-1].details.finish_reason == "length" and events[-1].details.generated_tokens == 8
+    assert [e.token.id for e in events] == [t.id for t in full.details.tokens]
+    with pytest.raises(tg.errors.ValidationError, match="max_tokens=?.*num_blocks"):
+        client.generate(prompt, max_new_tokens=10**6)
+    with pytest.raises(tg.errors.ValidationError, match="max_tokens=?.*num_blocks"):
+        next(iter(client.generate_stream(prompt, max_new_tokens=10**6)))
+
+    async def both() -> tuple[str, str]:
+        aclient = tg.AsyncClient(server.url)
+        done = await aclient.generate(prompt, max_new_tokens=4)
+        streamed = [e async for e in aclient.generate_stream(prompt, max_new_tokens=4)]
+        return done.generated_text, streamed[-1].generated_text
+
+    done, streamed = asyncio.run(both())
+    assert done == streamed == full.generated_text[: len(done)]
 
 
 def test_openai_routes_of_the_front_end(server):

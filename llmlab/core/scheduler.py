@@ -84,10 +84,12 @@ class Scheduler:
             )
         need = self.blocks.blocks_for(min(req.max_total_tokens(), limit))
         if need > self.blocks.num_blocks:
+            capped = f", capped at max_model_len={limit}" if req.max_total_tokens() > limit else ""
             raise ValueError(
                 f"request {req.req_id!r} needs {need} KV blocks ({req.num_prompt_tokens} prompt + "
-                f"{req.params.max_tokens} max_tokens at block_size={self.blocks.block_size}) but the pool has only "
-                f"num_blocks={self.blocks.num_blocks}: lower max_tokens or launch with num_blocks >= {need}"
+                f"{req.params.max_tokens} max_tokens{capped}, at block_size={self.blocks.block_size}) "
+                f"but the pool has only num_blocks={self.blocks.num_blocks}: "
+                f"lower max_tokens or launch with num_blocks >= {need}"
             )
 
     def add(self, req: Request) -> None:

@@ -28,11 +28,15 @@ from llmlab.session.engine import launch
 from llmlab.workloads import WorkItem
 
 VERSION = "llmlab-" + LLMLAB_VERSION
-DONE = object()
 
 
 class Backend:
-    """Owns the engine core: requests are added under a lock, one thread steps while work is left."""
+    """Owns the engine core: requests are added under a lock, one thread steps while work is left.
+
+    Each request's queue receives `(token_id, None)` per token; the last item carries the finish
+    reason, on the last token (`(token_id, reason)`) or alone (`(None, reason)`), so a stream can
+    mark its last token as TGI does. A request that fails receives a ValueError instead.
+    """
 
     def __init__(self, model: str, **settings: Any) -> None:
         self.engine = launch("native", model=model, **settings)
@@ -82,24 +86,25 @@ class Backend:
                 step = self.core.step()
                 rec = step.record
                 done = {c.req_id: c for c in step.finished}
-                for req_id in step.new_tokens:
+                for req_id in dict.fromkeys([*step.new_tokens, *done]):
                     if req_id not in self.streams:
                         continue
                     req = self.core.requests.get(req_id)
                     out = done[req_id].token_ids if req_id in done else list(req.output_token_ids) if req else []
                     sent = self.streams[req_id][2]
-                    for tok in out[len(sent) :]:
-                        sent.append(tok)
-                        self._put(req_id, tok)
+                    items: list[tuple[int | None, str | None]] = [(t, None) for t in out[len(sent) :]]
+                    sent.extend(t for t, _ in items)
+                    if req_id in done:  # the last item carries the reason, on the last token or alone
+                        items[-1:] = [(items[-1][0] if items else None, done[req_id].finish_reason)]
+                    for item in items:
+                        self._put(req_id, item)
+                    if req_id in done:
+                        self.streams.pop(req_id)
+                        self.c_success.inc()
                 for req_id, why in step.errors.items():
                     if req_id in self.streams:
                         self._put(req_id, ValueError(why))
                         self.streams.pop(req_id)
-                for req_id, c in done.items():
-                    if req_id in self.streams:
-                        self._put(req_id, (DONE, c.finish_reason))
-                        self.streams.pop(req_id)
-                        self.c_success.inc()
             running = getattr(rec, "running", 0)
             self.g_batch.set(running)
             self.g_queue.set(getattr(rec, "waiting", 0))
@@ -126,6 +131,24 @@ def _params(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Pieces:
+    """Incremental detokenization: the text each new token adds, as a stream shows it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok, self.ids, self.text = tokenizer, [], ""
+
+    def add(self, tid: int) -> str:
+        self.ids.append(tid)
+        new = self.tok.decode(self.ids, skip_special_tokens=True)
+        piece, self.text = new[len(self.text) :], new
+        return piece
+
+
+def _token(tid: int, text: str, special: bool = False) -> dict[str, Any]:
+    """One token as TGI writes it; llmlab does not compute log-probabilities, so `logprob` is null."""
+    return {"id": tid, "text": text, "logprob": None, "special": special}
+
+
 def _error(message: str, status: int = 422, kind: str = "validation") -> JSONResponse:
     return JSONResponse({"error": message, "error_type": kind}, status_code=status)
 
@@ -139,23 +162,22 @@ def create_app(backend: Backend) -> Starlette:
     tok = backend.core.tokenizer
 
     async def tokens(queue: asyncio.Queue) -> AsyncIterator[tuple[int | None, str | None]]:
+        """`(token_id, None)` per token; the last pair carries the finish reason."""
         while True:
             got = await queue.get()
             if isinstance(got, Exception):
                 raise got
-            if isinstance(got, tuple) and got[0] is DONE:
-                yield None, got[1]
+            yield got
+            if got[1] is not None:
                 return
-            yield got, None
 
     async def collect(queue: asyncio.Queue) -> tuple[list[int], str | None]:
         """Every token id of a finished generation and why it finished."""
         ids, reason = [], None
         async for tid, why in tokens(queue):
-            if tid is None:
-                reason = why
-            else:
+            if tid is not None:
                 ids.append(tid)
+            reason = why
         return ids, reason
 
     async def start(body: dict[str, Any], prompt_key: str = "inputs"):
@@ -173,28 +195,23 @@ def create_app(backend: Backend) -> Starlette:
         details = bool((body.get("parameters") or {}).get("details", True))
 
         async def events() -> AsyncIterator[bytes]:
-            ids: list[int] = []
-            text = ""
+            # as TGI: one event per token, and the last token's event carries the text and details
+            out = _Pieces(tok)
             try:
                 async for tid, reason in tokens(queue):
-                    if tid is None:
-                        last = {"token": {"id": ids[-1] if ids else 0, "text": "", "logprob": 0.0, "special": True}}
-                        last["generated_text"] = text
-                        last["details"] = (
-                            {"finish_reason": _tgi_reason(reason), "generated_tokens": len(ids), "seed": None}
-                            if details
-                            else None
-                        )
-                        yield f"data:{json.dumps(last)}\n\n".encode()
-                        return
-                    ids.append(tid)
-                    new = tok.decode(ids, skip_special_tokens=True)
-                    piece, text = new[len(text) :], new
-                    event = {
-                        "token": {"id": tid, "text": piece, "logprob": 0.0, "special": False},
-                        "generated_text": None,
-                        "details": None,
-                    }
+                    if tid is None:  # finished on a token it does not return (end of sequence)
+                        token = _token(tok.eos_token_id if tok.eos_token_id is not None else 0, "", special=True)
+                    else:
+                        token = _token(tid, out.add(tid))
+                    event: dict[str, Any] = {"token": token, "generated_text": None, "details": None}
+                    if reason is not None:
+                        event["generated_text"] = out.text
+                        if details:
+                            event["details"] = {
+                                "finish_reason": _tgi_reason(reason),
+                                "generated_tokens": len(out.ids),
+                                "seed": None,
+                            }
                     yield f"data:{json.dumps(event)}\n\n".encode()
             except ValueError as exc:
                 yield f"data:{json.dumps({'error': str(exc), 'error_type': 'generation'})}\n\n".encode()
@@ -208,14 +225,28 @@ def create_app(backend: Backend) -> Starlette:
             ids, reason = await collect(queue)
         except ValueError as exc:
             return _error(str(exc))
-        out: dict[str, Any] = {"generated_text": tok.decode(ids, skip_special_tokens=True)}
+        pieces = _Pieces(tok)
+        tokens_out = [_token(tid, pieces.add(tid)) for tid in ids]
+        out: dict[str, Any] = {"generated_text": pieces.text}
         if (body.get("parameters") or {}).get("details"):
-            out["details"] = {"finish_reason": _tgi_reason(reason), "generated_tokens": len(ids), "seed": None}
+            out["details"] = {
+                "finish_reason": _tgi_reason(reason),
+                "generated_tokens": len(ids),
+                "seed": None,
+                "prefill": [],
+                "tokens": tokens_out,
+            }
         return JSONResponse(out)
 
     async def root(request: Request) -> Response:
+        """TGI's `/`: a stream when `stream` is true, else the generation wrapped in a list."""
         body = await request.json()
-        return await (generate_stream if body.get("stream") else generate)(request)
+        if body.get("stream"):
+            return await generate_stream(request)
+        response = await generate(request)
+        if response.status_code != 200:
+            return response
+        return JSONResponse([json.loads(response.body)])
 
     async def info(request: Request) -> Response:
         limit = backend.core.max_model_len or 2048
@@ -263,22 +294,18 @@ def create_app(backend: Backend) -> Starlette:
         if body.get("stream"):
 
             async def events() -> AsyncIterator[bytes]:
-                ids: list[int] = []
-                text = ""
+                out = _Pieces(tok)
                 async for tid, reason in tokens(queue):
-                    if tid is None:
+                    if tid is not None:
+                        chunk = {"object": kind, "created": created, "model": backend.model}
+                        yield f"data: {json.dumps({**chunk, 'choices': [choice(out.add(tid), None)]})}\n\n".encode()
+                    if reason is not None:
                         last = {"object": kind + (".chunk" if chat else ""), "created": created, "model": backend.model}
                         yield f"data: {json.dumps({**last, 'choices': [choice('', reason)]})}\n\n".encode()
-                        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(ids)}
-                        usage["total_tokens"] = n_prompt + len(ids)
+                        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(out.ids)}
+                        usage["total_tokens"] = n_prompt + len(out.ids)
                         yield f"data: {json.dumps({**last, 'choices': [], 'usage': usage})}\n\n".encode()
                         yield b"data: [DONE]\n\n"
-                        return
-                    ids.append(tid)
-                    new = tok.decode(ids, skip_special_tokens=True)
-                    piece, text = new[len(text) :], new
-                    chunk = {"object": kind, "created": created, "model": backend.model}
-                    yield f"data: {json.dumps({**chunk, 'choices': [choice(piece, None)]})}\n\n".encode()
 
             return StreamingResponse(events(), media_type="text/event-stream")
         ids, reason = await collect(queue)
