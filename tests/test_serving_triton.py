@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from llmlab import workloads
-
 from llmlab.serving import connect, serve
 from llmlab.serving.poller import read_prometheus
 from llmlab.serving.triton_repo import tritonserver_dir
