@@ -86,6 +86,10 @@ class Backend:
                 step = self.core.step()
                 rec = step.record
                 done = {c.req_id: c for c in step.finished}
+                for req_id, why in step.errors.items():
+                    if req_id in self.streams:
+                        self._put(req_id, ValueError(why))
+                        self.streams.pop(req_id)
                 for req_id in dict.fromkeys([*step.new_tokens, *done]):
                     if req_id not in self.streams:
                         continue
@@ -101,10 +105,6 @@ class Backend:
                     if req_id in done:
                         self.streams.pop(req_id)
                         self.c_success.inc()
-                for req_id, why in step.errors.items():
-                    if req_id in self.streams:
-                        self._put(req_id, ValueError(why))
-                        self.streams.pop(req_id)
             running = getattr(rec, "running", 0)
             self.g_batch.set(running)
             self.g_queue.set(getattr(rec, "waiting", 0))
