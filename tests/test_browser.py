@@ -71,13 +71,9 @@ def test_dashboards_draw_token_bars_in_the_palette(lab, browser_page):
     errors = error_outputs(page)
     assert ok and errors == [], "\n\n".join(errors)
     # Both schedule figures drawn with bars; on a loaded machine the live one can trail the cell's end.
-    page.wait_for_function(
-        """() => [...document.querySelectorAll('.jp-NotebookPanel .js-plotly-plot')].filter(el => {
-              const t = el._fullLayout && el._fullLayout.title && el._fullLayout.title.text;
-              return typeof t === 'string' && t.includes('Schedule') && el.querySelector('.barlayer g.trace.bars path');
-            }).length >= 2""",
-        timeout=60_000,
-    )
+    deadline = time.monotonic() + 60
+    while sum(any(f.values()) for f in bar_fills(page, "Schedule")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     time.sleep(1.0)  # the live dashboard's final frame
     figures = bar_fills(page, "Schedule")
     scroll_to(page, ".js-plotly-plot")
